@@ -1,0 +1,29 @@
+# hookrelay — `make help` lists the targets.
+SHELL := bash
+.DEFAULT_GOAL := help
+.PHONY: help run test bench lint fmt openapi stop-db clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+run: ## build and start `hookrelay serve` on 127.0.0.1:8080 (private PostgreSQL unless DATABASE_URL is reachable)
+	@scripts/run.sh
+
+test: ## provision a throwaway PostgreSQL, then run every test of the workspace
+	@scripts/test.sh
+
+bench: ## the benchmark suite: signer (criterion) now; the service benches arrive with the bench issue
+	cargo bench -p hookrelay-signer --bench sign
+
+lint: ## formatting and clippy, warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	cargo fmt --all
+
+stop-db: ## stop the private PostgreSQL clusters under .data/
+	@scripts/pg.sh stop
+
+clean: stop-db ## stop the clusters and delete .data/ (all local data) and target/
+	rm -rf .data target

@@ -1,0 +1,151 @@
+//! Assembles hookrelay from its crates: configuration, the database pool and migrations, the API
+//! server and the delivery workers. `build` runs on any listener, so tests start the real service
+//! on port 0.
+
+pub mod admin;
+pub mod config;
+
+use anyhow::Context;
+use hookrelay_api::{ApiSettings, ApiState};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+pub use config::Config;
+
+/// Which parts a process runs: `serve` = both, `api`, `worker`.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub api: bool,
+    pub workers: bool,
+    /// Apply pending migrations before starting (`serve` does).
+    pub migrate: bool,
+}
+
+impl Roles {
+    pub const SERVE: Roles = Roles {
+        api: true,
+        workers: true,
+        migrate: true,
+    };
+    pub const API: Roles = Roles {
+        api: true,
+        workers: false,
+        migrate: false,
+    };
+    pub const WORKER: Roles = Roles {
+        api: false,
+        workers: true,
+        migrate: false,
+    };
+}
+
+/// A running service. Dropping it does not stop it: call [`Running::stop`].
+pub struct Running {
+    pub api_addr: Option<SocketAddr>,
+    pub pool: sqlx::PgPool,
+    server: Option<(
+        actix_web::dev::ServerHandle,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
+    workers: Option<hookrelay_queue::WorkerHandle>,
+}
+
+impl Running {
+    /// Stops taking new work, lets in-flight requests and deliveries finish (a delivery cut
+    /// short stays leased and is re-claimed by another worker), then returns.
+    pub async fn stop(self) {
+        if let Some((handle, task)) = self.server {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
+        if let Some(workers) = self.workers {
+            workers.shutdown().await;
+        }
+        self.pool.close().await;
+    }
+}
+
+pub fn pool_options(config: &Config) -> hookrelay_storage::PoolOptions {
+    hookrelay_storage::PoolOptions {
+        max_connections: config.db_max_connections,
+        ..Default::default()
+    }
+}
+
+pub fn api_settings(config: &Config) -> ApiSettings {
+    ApiSettings {
+        max_body: config.max_body,
+        admin_token: config.admin_token.as_ref().map(|t| t.0.clone()),
+        allow_http: config.allow_http,
+        allow_private_targets: config.allow_private_targets,
+        org_rate_limit: config.org_rate_limit,
+        http_workers: config.http_workers,
+    }
+}
+
+pub fn worker_settings(config: &Config) -> hookrelay_queue::WorkerSettings {
+    hookrelay_queue::WorkerSettings {
+        retention: std::time::Duration::from_secs(u64::from(config.retention_days) * 86_400),
+        lease: config.lease,
+        ..Default::default()
+    }
+}
+
+/// Starts the parts `roles` names. The API listens on `listener` (required when `roles.api`).
+pub async fn build(
+    config: &Config,
+    listener: Option<TcpListener>,
+    roles: Roles,
+) -> anyhow::Result<Running> {
+    let url = config.require_database_url()?;
+    let secrets = config.secret_box()?;
+    let pool = hookrelay_storage::connect(url, &pool_options(config))?;
+    hookrelay_storage::wait_until_reachable(&pool, std::time::Duration::from_secs(30))
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL)")?;
+    if roles.migrate {
+        hookrelay_storage::migrate(&pool)
+            .await
+            .context("applying migrations")?;
+    }
+
+    let mut registry = prometheus_client_registry();
+    let workers = if roles.workers {
+        Some(
+            hookrelay_queue::Worker::new(pool.clone(), worker_settings(config), &mut registry)
+                .start(),
+        )
+    } else {
+        None
+    };
+    let registry = Arc::new(registry);
+
+    let (server, api_addr) = if roles.api {
+        let listener = listener.context("the API role needs a listener")?;
+        let addr = listener.local_addr()?;
+        let state = ApiState {
+            pool: pool.clone(),
+            secrets,
+            settings: api_settings(config),
+            metrics: registry.clone(),
+        };
+        let server = hookrelay_api::serve(listener, state)?;
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        tracing::info!(%addr, "API listening");
+        (Some((handle, task)), Some(addr))
+    } else {
+        (None, None)
+    };
+
+    Ok(Running {
+        api_addr,
+        pool,
+        server,
+        workers,
+    })
+}
+
+fn prometheus_client_registry() -> hookrelay_queue::metrics::Registry {
+    hookrelay_queue::metrics::Registry::with_prefix("hookrelay")
+}

@@ -1,0 +1,117 @@
+//! Housekeeping every worker process runs: re-queueing deliveries whose worker died (expired
+//! leases), pruning history older than the retention period in small batches (no long locks),
+//! and forgetting expired idempotency keys. Every step is safe to run from several processes.
+
+use chrono::Utc;
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio::sync::watch;
+
+use crate::{QueueError, WorkerSettings, metrics::QueueMetrics, sleep_or_stop};
+
+/// Rows deleted per statement: small enough that no lock is held for long.
+const PRUNE_BATCH: i64 = 1000;
+
+pub async fn run(
+    pool: PgPool,
+    settings: WorkerSettings,
+    metrics: QueueMetrics,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(err) = tick(&pool, &settings, &metrics).await {
+            tracing::warn!(error = %err, "maintenance step failed; retrying next interval");
+        }
+        if sleep_or_stop(&mut stopped, settings.maintenance_interval).await {
+            return;
+        }
+    }
+}
+
+pub async fn tick(
+    pool: &PgPool,
+    settings: &WorkerSettings,
+    metrics: &QueueMetrics,
+) -> Result<(), QueueError> {
+    let rescued = rescue_expired_leases(pool).await?;
+    if rescued > 0 {
+        tracing::warn!(
+            rescued,
+            "re-queued deliveries whose worker stopped answering"
+        );
+        metrics.leases_rescued.inc_by(rescued);
+    }
+    let cutoff = Utc::now()
+        - chrono::Duration::from_std(settings.retention).unwrap_or(chrono::Duration::MAX);
+    let pruned = prune_deliveries(pool, cutoff).await?;
+    metrics.deliveries_pruned.inc_by(pruned);
+    prune_before(pool, cutoff).await?;
+    Ok(())
+}
+
+/// A claimed delivery whose lease ran out goes back to `available`. The attempt it was on was
+/// never recorded, so it does not count: the retry reuses its number, and the unique
+/// (delivery, attempt) constraint refuses a late record from a worker that was only slow.
+pub async fn rescue_expired_leases(pool: &PgPool) -> Result<u64, QueueError> {
+    let done = sqlx::query(
+        "UPDATE delivery_jobs
+            SET state = 'available', attempt = greatest(attempt - 1, 0), scheduled_at = now(),
+                lease_expires_at = NULL, claimed_by = NULL
+          WHERE state = 'running' AND lease_expires_at < now()",
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes finished deliveries (and, by cascade, their attempts) created before `cutoff`.
+pub async fn prune_deliveries(
+    pool: &PgPool,
+    cutoff: chrono::DateTime<Utc>,
+) -> Result<u64, QueueError> {
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE id IN (
+                 SELECT id FROM webhook_deliveries
+                  WHERE created_at < $1 AND status IN ('sent', 'failed', 'cancelled')
+                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(cutoff)
+        .bind(PRUNE_BATCH)
+        .execute(pool)
+        .await?;
+        total += done.rows_affected();
+        if done.rows_affected() < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Events, packet fingerprints and idempotency keys past their time.
+async fn prune_before(pool: &PgPool, cutoff: chrono::DateTime<Utc>) -> Result<(), QueueError> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < now()")
+        .execute(pool)
+        .await?;
+    for statement in [
+        "DELETE FROM ingested_packets WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM ingested_packets WHERE created_at < $1 LIMIT $2))",
+        "DELETE FROM events WHERE id IN (
+             SELECT e.id FROM events e WHERE e.created_at < $1
+                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.org_id = e.org_id AND d.event_id = e.id)
+              LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    ] {
+        loop {
+            let done = sqlx::query(statement)
+                .bind(cutoff)
+                .bind(PRUNE_BATCH)
+                .execute(pool)
+                .await?;
+            if done.rows_affected() < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

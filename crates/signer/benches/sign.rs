@@ -1,0 +1,34 @@
+//! Cost of signing one 1 KiB delivery body, beside a plain HMAC-SHA256 of the same bytes (the
+//! floor: everything above it is formatting and base64).
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hmac::{Hmac, KeyInit, Mac};
+use hookrelay_signer::{Secret, SignatureHeaders};
+use sha2::Sha256;
+use std::hint::black_box;
+
+fn bench(c: &mut Criterion) {
+    let body = vec![b'x'; 1024];
+    let secret = Secret::generate().unwrap();
+    let mut group = c.benchmark_group("sign_1KiB");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("standard_v1", |b| {
+        b.iter(|| secret.sign_standard(black_box("msg_2b6K9QZ"), black_box(1_700_000_000), &body))
+    });
+    group.bench_function("both_schemes_headers", |b| {
+        b.iter(|| {
+            SignatureHeaders::sign(&[&secret], black_box("msg_2b6K9QZ"), 1_700_000_000, &body)
+        })
+    });
+    group.bench_function("plain_hmac_sha256", |b| {
+        b.iter(|| {
+            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(black_box(&[7u8; 32])).unwrap();
+            mac.update(black_box(&body));
+            mac.finalize().into_bytes()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

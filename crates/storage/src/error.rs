@@ -1,0 +1,55 @@
+//! The storage crate's one error type. Constraint violations keep the constraint's name so the
+//! API edge can answer them with a clear 4xx instead of a 500.
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflicts with an existing row ({constraint})")]
+    Conflict { constraint: String },
+    #[error("violates {constraint}")]
+    Invalid { constraint: String },
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("secret encryption: {0}")]
+    Crypto(&'static str),
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::RowNotFound => Self::NotFound,
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => Self::Unavailable(err),
+            sqlx::Error::Database(db) => {
+                let constraint = db.constraint().unwrap_or_default().to_owned();
+                match db.kind() {
+                    sqlx::error::ErrorKind::UniqueViolation => Self::Conflict { constraint },
+                    sqlx::error::ErrorKind::CheckViolation
+                    | sqlx::error::ErrorKind::ForeignKeyViolation
+                    | sqlx::error::ErrorKind::NotNullViolation => Self::Invalid { constraint },
+                    // 57P01 admin_shutdown, 57P03 cannot_connect_now, 53300 too_many_connections:
+                    // the database is restarting or full, which is worth a retry, not a 500.
+                    _ if matches!(db.code().as_deref(), Some("57P01" | "57P03" | "53300")) => {
+                        Self::Unavailable(err)
+                    }
+                    _ => Self::Database(err),
+                }
+            }
+            _ => Self::Database(err),
+        }
+    }
+}
+
+impl StorageError {
+    /// True when trying again later may succeed (the database is down, restarting or saturated).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}

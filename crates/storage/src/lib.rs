@@ -1,0 +1,16 @@
+//! hookrelay's PostgreSQL storage: the connection pool and migrations, secrets at rest, and one
+//! module per table family. Every query on tenant-owned rows takes the organization id: there is
+//! no function here that reads or writes a tenant's row without it.
+
+pub mod api_keys;
+pub mod crypto;
+mod error;
+pub mod organizations;
+pub mod page;
+mod pool;
+
+pub use crypto::SecretBox;
+pub use error::StorageError;
+pub use pool::{PoolOptions, connect, migrate, wait_until_reachable};
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

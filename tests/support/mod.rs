@@ -1,0 +1,144 @@
+//! Test helpers, in one place: a fresh PostgreSQL database per test (created from `DATABASE_URL`,
+//! which `make test` points at a private cluster), the real service started with
+//! `hookrelay::build` on port 0, and the real `hookrelay` binary for process-level tests.
+
+use hookrelay::{Config, Roles, Running};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+/// Where tests create their databases: `DATABASE_URL`, else the machine's PostgreSQL.
+pub fn base_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (prefix, _) = url
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database part");
+    format!("{prefix}/{db}")
+}
+
+/// A database of its own for one test, migrated. Left in place after the test for inspection;
+/// `make test` drops old ones before each run.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let db = Self::empty().await;
+        hookrelay_storage::migrate(&db.pool)
+            .await
+            .expect("migrations apply");
+        db
+    }
+
+    /// Created but not migrated.
+    pub async fn empty() -> Self {
+        let name = format!("hr_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&base_url())
+            .await
+            .expect("connect to DATABASE_URL (run `make test`, which provides a database)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let url = with_database(&base_url(), &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        Self { url, pool }
+    }
+}
+
+/// Environment for a service under test; tests override what they need.
+pub fn test_env(db: &TestDb) -> HashMap<String, String> {
+    HashMap::from([
+        ("DATABASE_URL".into(), db.url.clone()),
+        (
+            "HOOKRELAY_ENCRYPTION_KEY".into(),
+            hookrelay_storage::SecretBox::generate_key(),
+        ),
+        ("HOOKRELAY_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+        ("HOOKRELAY_ALLOW_HTTP".into(), "true".into()),
+        ("HOOKRELAY_ALLOW_PRIVATE_TARGETS".into(), "true".into()),
+        ("HOOKRELAY_HTTP_WORKERS".into(), "2".into()),
+        ("HOOKRELAY_DB_MAX_CONNECTIONS".into(), "10".into()),
+    ])
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The real service on 127.0.0.1, port 0.
+pub struct TestApp {
+    pub db: TestDb,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub config: Config,
+    running: Option<Running>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    pub async fn spawn_with(overrides: &[(&str, &str)]) -> Self {
+        let db = TestDb::new().await;
+        let mut env = test_env(&db);
+        for (k, v) in overrides {
+            env.insert(k.to_string(), v.to_string());
+        }
+        Self::spawn_on(db, env, Roles::SERVE).await
+    }
+
+    pub async fn spawn_on(db: TestDb, env: HashMap<String, String>, roles: Roles) -> Self {
+        let config = Config::from_lookup(|name| env.get(name).cloned()).expect("valid test config");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let running = hookrelay::build(&config, Some(listener), roles)
+            .await
+            .expect("service starts");
+        let base = format!("http://{}", running.api_addr.expect("API role"));
+        Self {
+            db,
+            base,
+            http: reqwest::Client::new(),
+            config,
+            running: Some(running),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+}
+
+/// The `hookrelay` binary of this build (the Makefile builds it before the tests run).
+pub fn hookrelay_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/hookrelay
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("hookrelay");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p hookrelay` (make test does)",
+        bin.display()
+    );
+    bin
+}
