@@ -19,6 +19,9 @@ lint: ## formatting and clippy, warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+openapi: ## regenerate openapi/openapi.json from the code
+	cargo run -q -p hookrelay --bin hookrelay -- openapi > openapi/openapi.json
+
 fmt: ## format the code
 	cargo fmt --all
 

@@ -142,3 +142,75 @@ pub fn hookrelay_bin() -> PathBuf {
     );
     bin
 }
+
+/// An organization created through the admin API, with its first (all-scope) token.
+#[derive(Debug, Clone)]
+pub struct Org {
+    pub id: uuid::Uuid,
+    pub token: String,
+}
+
+impl TestApp {
+    pub async fn create_org(&self, name: &str) -> Org {
+        let resp = self
+            .http
+            .post(self.url("/api/v1/admin/organizations"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        Org {
+            id: body["organization"]["id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+            token: body["api_key"]["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// A request with `token` as bearer.
+    pub fn req(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(token)
+    }
+
+    /// Creates a key of `org` with exactly `scopes`.
+    pub async fn key_with_scopes(&self, org: &Org, scopes: &[&str]) -> String {
+        let resp = self
+            .req(reqwest::Method::POST, "/api/v1/keys", &org.token)
+            .json(&serde_json::json!({ "name": "scoped", "scopes": scopes }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a webhook of `org` and returns its JSON (with the secret).
+    pub async fn create_webhook(&self, org: &Org, body: serde_json::Value) -> serde_json::Value {
+        let resp = self
+            .req(reqwest::Method::POST, "/api/v1/webhooks", &org.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(status, 201, "{json}");
+        json
+    }
+}
+
+/// Status and JSON body of a response, for compact assertions.
+pub async fn status_json(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}

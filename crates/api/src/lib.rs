@@ -2,10 +2,14 @@
 //! document generated from the handlers. This crate validates input and answers; storage and
 //! delivery live in their own crates.
 
+pub mod auth;
+pub mod body;
 pub mod openapi;
 pub mod problem;
+pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
+pub mod validate;
 
 use actix_web::{App, HttpServer, dev::Server, web};
 use hookrelay_storage::SecretBox;
@@ -49,18 +53,85 @@ pub struct ApiState {
     pub secrets: SecretBox,
     pub settings: ApiSettings,
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    pub rate_limiter: rate_limit::OrgRateLimiter,
+}
+
+impl ApiState {
+    pub fn new(
+        pool: PgPool,
+        secrets: SecretBox,
+        settings: ApiSettings,
+        metrics: Arc<prometheus_client::registry::Registry>,
+    ) -> Self {
+        let rate_limiter = rate_limit::OrgRateLimiter::new(settings.org_rate_limit);
+        Self {
+            pool,
+            secrets,
+            settings,
+            metrics,
+            rate_limiter,
+        }
+    }
 }
 
 /// Routes and per-route configuration, shared by the server and by tests that build an `App`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(routes::health::healthz)
-        .service(routes::health::readyz)
-        .service(routes::health::metrics)
-        .configure(openapi::configure);
+    use routes::*;
+    cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
+        ApiError::bad_request(format!("invalid query string: {err}")).into()
+    }))
+    // A path id that is not a UUID names nothing that exists.
+    // A path id that is not a UUID names nothing that exists; but a literal path such as
+    // `/keys/check` reached through `/keys/{id}` with another method is a 405.
+    .app_data(web::PathConfig::default().error_handler(|_, req| {
+        match openapi::allowed_methods(req.path()) {
+            Some(methods) if !methods.contains(&req.method().as_str()) => {
+                ApiError::MethodNotAllowed(methods.join(", ")).into()
+            }
+            _ => ApiError::NotFound("resource").into(),
+        }
+    }))
+    .service(health::healthz)
+    .service(health::readyz)
+    .service(health::metrics)
+    .configure(openapi::configure)
+    .service(
+        web::scope("/api/v1/admin")
+            .service(admin::create_organization)
+            .service(admin::list_organizations),
+    )
+    .service(
+        web::scope("/api/v1")
+            .wrap(actix_web::middleware::from_fn(auth::org_middleware))
+            .service(keys::check)
+            .service(keys::list_scopes)
+            .service(keys::create)
+            .service(keys::list)
+            .service(keys::get)
+            .service(keys::update)
+            .service(keys::revoke)
+            .service(organization::get_organization)
+            .service(organization::update_organization)
+            .service(event_types::available)
+            .service(event_types::list)
+            .service(event_types::create)
+            .service(event_types::remove)
+            .service(webhooks::create)
+            .service(webhooks::list)
+            .service(webhooks::get)
+            .service(webhooks::update)
+            .service(webhooks::remove)
+            .service(webhooks::get_secret)
+            .service(webhooks::rotate_secret),
+    );
 }
 
-async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::NotFound("route"))
+/// No route matched: 405 with `Allow` when the path exists under other methods, else 404.
+async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    match openapi::allowed_methods(req.path()) {
+        Some(methods) => Err(ApiError::MethodNotAllowed(methods.join(", "))),
+        None => Err(ApiError::NotFound("route")),
+    }
 }
 
 /// Starts the API on an already bound listener (tests bind port 0).

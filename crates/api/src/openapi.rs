@@ -5,7 +5,10 @@ use actix_web::web;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes;
+use utoipa::Modify;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+
+use crate::routes::{self, admin, event_types, keys, organization, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,15 +16,190 @@ use crate::routes;
         title = "hookrelay",
         description = "Multi-tenant webhook delivery: register webhooks, publish events, read every delivery attempt."
     ),
-    paths(routes::health::healthz, routes::health::readyz, routes::health::metrics),
+    paths(
+        routes::health::healthz, routes::health::readyz, routes::health::metrics,
+        admin::create_organization, admin::list_organizations,
+        organization::get_organization, organization::update_organization,
+        keys::check, keys::list_scopes, keys::create, keys::list, keys::get, keys::update, keys::revoke,
+        event_types::available, event_types::list, event_types::create, event_types::remove,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::remove,
+        webhooks::get_secret, webhooks::rotate_secret,
+    ),
     components(schemas(crate::problem::Problem, crate::problem::FieldError)),
-    tags((name = "health", description = "Liveness, readiness and metrics"))
+    modifiers(&SecuritySchemes, &CommonResponses),
+    tags(
+        (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "admin", description = "Organizations, for the operator (HOOKRELAY_ADMIN_TOKEN)"),
+        (name = "organization", description = "The caller's organization"),
+        (name = "keys", description = "API keys: opaque bearer tokens with scopes"),
+        (name = "event-types", description = "An organization's own event types"),
+        (name = "webhooks", description = "Endpoints that receive events"),
+    )
 )]
 pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Responses every operation can give, added here once instead of on every handler: problem
+/// bodies are `application/problem+json`; every authenticated operation may answer 401, 429 (rate
+/// limit) and 503 (database unavailable); one with a body also 400, 413 and 415.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/api/") {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let has_body = operation.request_body.is_some();
+                let responses = &mut operation.responses.responses;
+                for (_, response) in responses.iter_mut() {
+                    if let utoipa::openapi::RefOr::T(response) = response
+                        && response
+                            .content
+                            .get("application/json")
+                            .is_some_and(is_problem)
+                        && let Some(content) = response.content.shift_remove("application/json")
+                    {
+                        response
+                            .content
+                            .insert("application/problem+json".into(), content);
+                    }
+                }
+                let mut common = vec![
+                    ("401", "Missing, invalid, expired or revoked credentials"),
+                    ("429", "Rate limit exceeded; see Retry-After"),
+                    ("503", "Database unavailable; retry after Retry-After"),
+                ];
+                if has_body {
+                    common.extend([
+                        ("400", "Malformed or invalid body"),
+                        ("413", "Body larger than HOOKRELAY_MAX_BODY"),
+                        ("415", "Body is not application/json"),
+                    ]);
+                }
+                if path.contains('{') {
+                    common.push(("404", "No such resource in this organization"));
+                }
+                if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    common.push(("400", "Invalid query parameters"));
+                }
+                for (status, description) in common {
+                    responses
+                        .entry(status.into())
+                        .or_insert_with(|| problem(description).into());
+                }
+            }
+        }
+    }
+}
+
+fn is_problem(content: &utoipa::openapi::RefOr<utoipa::openapi::Content>) -> bool {
+    matches!(content, utoipa::openapi::RefOr::T(c)
+        if matches!(&c.schema, Some(utoipa::openapi::RefOr::Ref(r)) if r.ref_location.ends_with("/Problem")))
+}
+
+/// The methods the document lists for a concrete request path, if the path is known at all.
+pub fn allowed_methods(path: &str) -> Option<Vec<&'static str>> {
+    static TEMPLATES: std::sync::OnceLock<Vec<(Vec<String>, Vec<&'static str>)>> =
+        std::sync::OnceLock::new();
+    let templates = TEMPLATES.get_or_init(|| {
+        document()
+            .paths
+            .paths
+            .iter()
+            .map(|(template, item)| {
+                let segments = template.split('/').map(str::to_owned).collect();
+                let mut methods = Vec::new();
+                for (present, name) in [
+                    (item.get.is_some(), "GET"),
+                    (item.post.is_some(), "POST"),
+                    (item.patch.is_some(), "PATCH"),
+                    (item.put.is_some(), "PUT"),
+                    (item.delete.is_some(), "DELETE"),
+                ] {
+                    if present {
+                        methods.push(name);
+                    }
+                }
+                (segments, methods)
+            })
+            .collect()
+    });
+    let wanted: Vec<&str> = path.split('/').collect();
+    let matching: Vec<&(Vec<String>, Vec<&'static str>)> = templates
+        .iter()
+        .filter(|(segments, _)| {
+            segments.len() == wanted.len()
+                && segments
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(t, w)| t.starts_with('{') || t == w)
+        })
+        .collect();
+    // A literal path (`/keys/check`) wins over a template that also matches (`/keys/{id}`).
+    let literal: Vec<_> = matching
+        .iter()
+        .filter(|(segments, _)| !segments.iter().any(|s| s.starts_with('{')))
+        .collect();
+    let chosen: Vec<_> = if literal.is_empty() {
+        matching.iter().collect()
+    } else {
+        literal
+    };
+    let mut allowed: Vec<&'static str> = chosen
+        .iter()
+        .flat_map(|(_, methods)| methods.iter().copied())
+        .collect();
+    allowed.sort_unstable();
+    allowed.dedup();
+    (!allowed.is_empty()).then_some(allowed)
+}
 
 /// The document as committed at `openapi/openapi.json`.
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// The document as pretty JSON, byte for byte what `openapi/openapi.json` holds.
+pub fn json() -> String {
+    document()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

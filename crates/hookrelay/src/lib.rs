@@ -123,12 +123,12 @@ pub async fn build(
     let (server, api_addr) = if roles.api {
         let listener = listener.context("the API role needs a listener")?;
         let addr = listener.local_addr()?;
-        let state = ApiState {
-            pool: pool.clone(),
+        let state = ApiState::new(
+            pool.clone(),
             secrets,
-            settings: api_settings(config),
-            metrics: registry.clone(),
-        };
+            api_settings(config),
+            registry.clone(),
+        );
         let server = hookrelay_api::serve(listener, state)?;
         let handle = server.handle();
         let task = tokio::spawn(server);

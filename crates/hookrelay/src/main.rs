@@ -29,6 +29,8 @@ enum Command {
     /// Apply pending database migrations and exit
     #[command(after_help = config::help())]
     Migrate,
+    /// Prints the OpenAPI 3.1 document (as committed at openapi/openapi.json)
+    Openapi,
     /// Organizations, API keys and delivery stats from the shell
     Admin {
         #[command(subcommand)]
@@ -79,6 +81,10 @@ async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        println!("{}", hookrelay_api::openapi::json());
+        return ExitCode::SUCCESS;
+    }
     init_tracing();
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -93,6 +99,7 @@ async fn main() -> ExitCode {
         Command::Worker => run(config, Roles::WORKER).await,
         Command::Migrate => admin::migrate(&config).await,
         Command::Admin { command } => admin::run(&config, command).await,
+        Command::Openapi => unreachable!("handled before configuration is read"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

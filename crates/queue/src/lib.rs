@@ -6,6 +6,7 @@
 
 pub mod maintenance;
 pub mod metrics;
+pub mod target;
 
 use sqlx::PgPool;
 use std::time::Duration;

@@ -34,6 +34,13 @@ impl From<sqlx::Error> for StorageError {
                     sqlx::error::ErrorKind::CheckViolation
                     | sqlx::error::ErrorKind::ForeignKeyViolation
                     | sqlx::error::ErrorKind::NotNullViolation => Self::Invalid { constraint },
+                    // Class 22, data exceptions (a NUL in text, a number out of range): the
+                    // request's data is at fault, not the service.
+                    _ if db.code().as_deref().is_some_and(|c| c.starts_with("22")) => {
+                        Self::Invalid {
+                            constraint: format!("data rules ({})", db.message()),
+                        }
+                    }
                     // 57P01 admin_shutdown, 57P03 cannot_connect_now, 53300 too_many_connections:
                     // the database is restarting or full, which is worth a retry, not a 500.
                     _ if matches!(db.code().as_deref(), Some("57P01" | "57P03" | "53300")) => {

@@ -3,11 +3,14 @@
 //! no function here that reads or writes a tenant's row without it.
 
 pub mod api_keys;
+pub mod catalog;
 pub mod crypto;
 mod error;
+pub mod event_types;
 pub mod organizations;
 pub mod page;
 mod pool;
+pub mod webhooks;
 
 pub use crypto::SecretBox;
 pub use error::StorageError;

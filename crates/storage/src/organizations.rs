@@ -46,3 +46,13 @@ pub async fn count(db: impl PgExecutor<'_>) -> crate::Result<i64> {
         .fetch_one(db)
         .await?)
 }
+
+pub async fn rename(db: impl PgExecutor<'_>, id: Uuid, name: &str) -> crate::Result<Organization> {
+    Ok(sqlx::query_as(
+        "UPDATE organizations SET name = $2 WHERE id = $1 RETURNING id, name, created_at, updated_at",
+    )
+    .bind(id)
+    .bind(name)
+    .fetch_one(db)
+    .await?)
+}

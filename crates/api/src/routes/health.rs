@@ -36,7 +36,7 @@ pub async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
 }
 
 /// Prometheus text exposition of the service's metrics.
-#[utoipa::path(tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
+#[utoipa::path(tag = "health", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     let mut text = String::new();

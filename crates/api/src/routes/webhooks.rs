@@ -1,0 +1,519 @@
+//! `/api/v1/webhooks`: create, list, get, update, delete, and the secret (read and rotate).
+//! Every query is scoped by the caller's organization: another tenant's webhook is a 404.
+
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
+use chrono::{DateTime, Utc};
+use hookrelay_storage::{StorageError, event_types, webhooks};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::ApiState;
+use crate::auth::Caller;
+use crate::body::{self, Json};
+use crate::problem::{ApiError, ApiResult, FieldError};
+use crate::routes::{ListResponse, nullable, page_request};
+use crate::validate;
+
+/// How a delivery's body is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// `{"id", "event", "timestamp", "data", "webhook_id"}` (seed 003).
+    Envelope,
+    /// Exactly Hubble's packet batch `{"packets": [...]}` with `HTTP-X-HUBBLE-TOKEN`.
+    Hubble,
+}
+
+impl PayloadFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Envelope => "envelope",
+            Self::Hubble => "hubble",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl HealthStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookOut {
+    pub id: Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    pub active: bool,
+    /// Only in the answer to create.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub headers: BTreeMap<String, String>,
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    pub max_batch_size: i32,
+    #[schema(value_type = PayloadFormat)]
+    pub payload_format: String,
+    pub rate_limit_per_second: Option<i32>,
+    #[schema(value_type = HealthStatus)]
+    pub health_status: String,
+    pub consecutive_failures: i32,
+    pub disabled_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<webhooks::Webhook> for WebhookOut {
+    fn from(w: webhooks::Webhook) -> Self {
+        Self {
+            id: w.id,
+            url: w.url,
+            events: w.events,
+            description: w.description,
+            active: w.active,
+            secret: None,
+            metadata: w.metadata.0,
+            headers: serde_json::from_value(w.headers.0).unwrap_or_default(),
+            filter: w.filter.map(|f| f.0),
+            max_batch_size: w.max_batch_size,
+            payload_format: w.payload_format,
+            rate_limit_per_second: w.rate_limit_per_second,
+            health_status: w.health_status,
+            consecutive_failures: w.consecutive_failures,
+            disabled_reason: w.disabled_reason,
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Absolute https:// URL, at most 2048 characters.
+    #[schema(max_length = 2048)]
+    pub url: String,
+    /// Event types; `*` for all, `device.*` for a prefix.
+    #[schema(min_items = 1, max_items = 100)]
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    /// Default true.
+    pub active: Option<bool>,
+    /// `whsec_` + base64 of 24–64 bytes; generated when omitted.
+    #[schema(pattern = r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}$")]
+    pub secret: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    /// Extra request headers; they cannot override hookrelay's own.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// JSON pointer → value (or list of values) over the event data; all must match.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Map<String, Value>>,
+    /// 1–1000; above 1, batchable events are grouped into one request.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_batch_size: Option<i32>,
+    pub payload_format: Option<PayloadFormat>,
+    #[schema(minimum = 1, maximum = 10000)]
+    pub rate_limit_per_second: Option<i32>,
+}
+
+fn collect<T>(result: Result<T, FieldError>, errors: &mut Vec<FieldError>) -> Option<T> {
+    result.map_err(|e| errors.push(e)).ok()
+}
+
+fn not_found(err: StorageError) -> ApiError {
+    match err {
+        StorageError::NotFound => ApiError::NotFound("webhook"),
+        other => other.into(),
+    }
+}
+
+/// Creates a webhook. The answer carries its secret.
+#[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:write"])), request_body = CreateWebhook,
+    responses((status = 201, body = WebhookOut), (status = 400, body = crate::problem::Problem),
+              (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
+              (status = 413, body = crate::problem::Problem)))]
+#[post("/webhooks")]
+pub async fn create(
+    caller: Caller,
+    state: web::Data<ApiState>,
+    body: Json<CreateWebhook>,
+) -> ApiResult<HttpResponse> {
+    caller.require("webhooks:write")?;
+    let body = body.0;
+    let known = event_types::known_names(&state.pool, caller.org_id()).await?;
+    let mut errors = Vec::new();
+    let url = collect(validate::url(&body.url, &state.settings).await, &mut errors);
+    let events = collect(validate::events(&body.events, &known), &mut errors);
+    let description = body
+        .description
+        .as_deref()
+        .map(validate::description)
+        .transpose();
+    let description = collect(description, &mut errors).flatten();
+    let secret = match body.secret.as_deref() {
+        Some(s) => collect(validate::secret(s), &mut errors),
+        None => Some(
+            hookrelay_signer::Secret::generate()
+                .map_err(|e| ApiError::Internal(Box::new(e)))?
+                .as_str()
+                .to_owned(),
+        ),
+    };
+    let metadata = collect(
+        validate::metadata(&body.metadata.unwrap_or_default()),
+        &mut errors,
+    );
+    let headers = collect(
+        validate::headers(&body.headers.unwrap_or_default()),
+        &mut errors,
+    );
+    let filter = body.filter.as_ref().map(validate::filter).transpose();
+    let filter = collect(filter, &mut errors).flatten();
+    let max_batch_size = collect(
+        validate::max_batch_size(body.max_batch_size.unwrap_or(1)),
+        &mut errors,
+    );
+    let rate_limit = body
+        .rate_limit_per_second
+        .map(validate::rate_limit)
+        .transpose();
+    let rate_limit = collect(rate_limit, &mut errors).flatten();
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let (
+        Some(url),
+        Some(events),
+        Some(secret),
+        Some(metadata),
+        Some(headers),
+        Some(max_batch_size),
+    ) = (url, events, secret, metadata, headers, max_batch_size)
+    else {
+        unreachable!("every None pushed an error");
+    };
+    let new = webhooks::NewWebhook {
+        url,
+        events,
+        description,
+        active: body.active.unwrap_or(true),
+        secret: secret.clone(),
+        metadata,
+        headers,
+        filter,
+        max_batch_size,
+        payload_format: body
+            .payload_format
+            .unwrap_or(PayloadFormat::Envelope)
+            .as_str()
+            .to_owned(),
+        rate_limit_per_second: rate_limit,
+    };
+    let webhook = webhooks::create(&state.pool, &state.secrets, caller.org_id(), &new).await?;
+    let mut out = WebhookOut::from(webhook);
+    out.secret = Some(secret);
+    Ok(HttpResponse::Created().json(out))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListWebhooksQuery {
+    /// Only webhooks whose subscriptions cover this event type.
+    pub event: Option<String>,
+    pub active: Option<bool>,
+    pub health: Option<HealthStatus>,
+    /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// Lists webhooks, newest first.
+#[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:read"])), params(ListWebhooksQuery),
+    responses((status = 200, body = ListResponse<WebhookOut>), (status = 400, body = crate::problem::Problem),
+              (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem)))]
+#[get("/webhooks")]
+pub async fn list(
+    caller: Caller,
+    state: web::Data<ApiState>,
+    query: web::Query<ListWebhooksQuery>,
+) -> ApiResult<web::Json<ListResponse<WebhookOut>>> {
+    caller.require("webhooks:read")?;
+    let query = query.into_inner();
+    let page = page_request(query.limit, query.cursor.as_deref())?;
+    let filter = webhooks::ListFilter {
+        event: query.event,
+        active: query.active,
+        health: query.health.map(|h| h.as_str().to_owned()),
+    };
+    let page = webhooks::list(&state.pool, caller.org_id(), &filter, &page).await?;
+    Ok(web::Json(ListResponse {
+        data: page.data.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// One webhook (without its secret).
+#[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:read"])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = WebhookOut), (status = 401, body = crate::problem::Problem),
+              (status = 403, body = crate::problem::Problem), (status = 404, body = crate::problem::Problem)))]
+#[get("/webhooks/{id}")]
+pub async fn get(
+    caller: Caller,
+    state: web::Data<ApiState>,
+    id: web::Path<Uuid>,
+) -> ApiResult<web::Json<WebhookOut>> {
+    caller.require("webhooks:read")?;
+    let webhook = webhooks::get(&state.pool, caller.org_id(), *id)
+        .await
+        .map_err(not_found)?;
+    Ok(web::Json(webhook.into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhook {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    /// `true` re-activates a webhook and resets its health; `false` pauses it (deliveries are
+    /// kept, parked, and sent after re-activation).
+    pub active: Option<bool>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Option<Map<String, Value>>>,
+    pub max_batch_size: Option<i32>,
+    pub payload_format: Option<PayloadFormat>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i32>)]
+    pub rate_limit_per_second: Option<Option<i32>>,
+}
+
+/// Changes the fields given; `null` clears `description`, `filter` and `rate_limit_per_second`.
+#[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:write"])), params(("id" = Uuid, Path)),
+    request_body = UpdateWebhook,
+    responses((status = 200, body = WebhookOut), (status = 400, body = crate::problem::Problem),
+              (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
+              (status = 404, body = crate::problem::Problem)))]
+#[patch("/webhooks/{id}")]
+pub async fn update(
+    caller: Caller,
+    state: web::Data<ApiState>,
+    id: web::Path<Uuid>,
+    body: Json<UpdateWebhook>,
+) -> ApiResult<web::Json<WebhookOut>> {
+    caller.require("webhooks:write")?;
+    let body = body.0;
+    // 404 before 400: another tenant's id must not reveal anything through validation.
+    webhooks::get(&state.pool, caller.org_id(), *id)
+        .await
+        .map_err(not_found)?;
+    let mut errors = Vec::new();
+    let url = match &body.url {
+        Some(u) => collect(validate::url(u, &state.settings).await, &mut errors),
+        None => None,
+    };
+    let events = match &body.events {
+        Some(e) => {
+            let known = event_types::known_names(&state.pool, caller.org_id()).await?;
+            collect(validate::events(e, &known), &mut errors)
+        }
+        None => None,
+    };
+    let description = match body.description {
+        Some(Some(d)) => collect(validate::description(&d), &mut errors).map(Some),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let metadata = body
+        .metadata
+        .as_ref()
+        .and_then(|m| collect(validate::metadata(m), &mut errors));
+    let headers = body
+        .headers
+        .as_ref()
+        .and_then(|h| collect(validate::headers(h), &mut errors));
+    let filter = match &body.filter {
+        Some(Some(f)) => collect(validate::filter(f), &mut errors).map(Some),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let max_batch_size = body
+        .max_batch_size
+        .and_then(|n| collect(validate::max_batch_size(n), &mut errors));
+    let rate_limit_per_second = match body.rate_limit_per_second {
+        Some(Some(n)) => collect(validate::rate_limit(n), &mut errors).map(Some),
+        Some(None) => Some(None),
+        None => None,
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let changes = webhooks::WebhookChanges {
+        url,
+        events,
+        description,
+        active: body.active,
+        metadata,
+        headers,
+        filter,
+        max_batch_size,
+        payload_format: body.payload_format.map(|f| f.as_str().to_owned()),
+        rate_limit_per_second,
+    };
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let webhook = webhooks::update(&mut tx, caller.org_id(), *id, &changes)
+        .await
+        .map_err(not_found)?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(web::Json(webhook.into()))
+}
+
+/// Deletes a webhook: its undelivered deliveries are cancelled; its history is kept.
+#[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:write"])), params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 401, body = crate::problem::Problem),
+              (status = 403, body = crate::problem::Problem), (status = 404, body = crate::problem::Problem)))]
+#[delete("/webhooks/{id}")]
+pub async fn remove(
+    caller: Caller,
+    state: web::Data<ApiState>,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    caller.require("webhooks:write")?;
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    webhooks::delete(&mut tx, caller.org_id(), *id)
+        .await
+        .map_err(not_found)?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretOut {
+    pub secret: String,
+    /// Until when the previous secret also signs deliveries, after a rotation.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
+/// The webhook's current signing secret.
+#[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:write"])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = SecretOut), (status = 401, body = crate::problem::Problem),
+              (status = 403, body = crate::problem::Problem), (status = 404, body = crate::problem::Problem)))]
+#[get("/webhooks/{id}/secret")]
+pub async fn get_secret(
+    caller: Caller,
+    state: web::Data<ApiState>,
+    id: web::Path<Uuid>,
+) -> ApiResult<web::Json<SecretOut>> {
+    caller.require("webhooks:write")?;
+    let webhook = webhooks::get(&state.pool, caller.org_id(), *id)
+        .await
+        .map_err(not_found)?;
+    let secrets = webhooks::secrets(&state.pool, &state.secrets, caller.org_id(), *id)
+        .await
+        .map_err(not_found)?;
+    Ok(web::Json(SecretOut {
+        secret: secrets.current,
+        previous_secret_expires_at: webhook
+            .previous_secret_expires_at
+            .filter(|t| *t > Utc::now()),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// The new secret; generated when omitted.
+    #[schema(pattern = r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}$")]
+    pub secret: Option<String>,
+    /// How long the old secret keeps signing: 0 to 604800 seconds, default 86400 (24 h).
+    #[schema(minimum = 0, maximum = 604800)]
+    pub grace_period_seconds: Option<i64>,
+}
+
+pub const DEFAULT_GRACE_SECONDS: i64 = 86_400;
+
+/// Replaces the secret. The old one keeps signing (a second `v1,` signature) for the grace period,
+/// so receivers can switch without missing a delivery. The body is optional.
+#[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:write"])), params(("id" = Uuid, Path)),
+    request_body(content = Option<RotateSecret>),
+    responses((status = 200, body = SecretOut), (status = 400, body = crate::problem::Problem),
+              (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
+              (status = 404, body = crate::problem::Problem)))]
+#[post("/webhooks/{id}/rotate-secret")]
+pub async fn rotate_secret(
+    caller: Caller,
+    state: web::Data<ApiState>,
+    id: web::Path<Uuid>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> ApiResult<web::Json<SecretOut>> {
+    caller.require("webhooks:write")?;
+    let raw = body::read_limited(&req, &mut payload).await?;
+    // No body, or `null`, rotates to a generated secret with the default grace period.
+    let body: RotateSecret = if raw.iter().all(u8::is_ascii_whitespace) {
+        RotateSecret::default()
+    } else {
+        body::parse::<Option<RotateSecret>>(&raw)?.unwrap_or_default()
+    };
+    let mut errors = Vec::new();
+    let grace = body.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+    if !(0..=604_800).contains(&grace) {
+        errors.push(FieldError::new(
+            "grace_period_seconds",
+            "must be between 0 and 604800",
+        ));
+    }
+    let new_secret = match body.secret.as_deref() {
+        Some(s) => collect(validate::secret(s), &mut errors),
+        None => Some(
+            hookrelay_signer::Secret::generate()
+                .map_err(|e| ApiError::Internal(Box::new(e)))?
+                .as_str()
+                .to_owned(),
+        ),
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let new_secret = new_secret.expect("no errors means a secret");
+    let grace_until = Utc::now() + chrono::Duration::seconds(grace);
+    webhooks::rotate_secret(
+        &state.pool,
+        &state.secrets,
+        caller.org_id(),
+        *id,
+        &new_secret,
+        grace_until,
+    )
+    .await
+    .map_err(not_found)?;
+    Ok(web::Json(SecretOut {
+        secret: new_secret,
+        previous_secret_expires_at: Some(grace_until).filter(|_| grace > 0),
+    }))
+}

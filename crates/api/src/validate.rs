@@ -1,0 +1,276 @@
+//! Validation of webhook fields, shared by create and update. Each check returns the field's
+//! error so a request learns every problem at once.
+
+use hookrelay_queue::target::{TargetError, resolve_allowed};
+use hookrelay_storage::catalog;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use crate::ApiSettings;
+use crate::problem::FieldError;
+
+pub const MAX_URL_LEN: usize = 2048;
+const MAX_HEADERS: usize = 20;
+const MAX_FILTERS: usize = 20;
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+const MAX_EVENTS: usize = 100;
+
+/// Headers the service sets itself; a webhook's extra headers cannot override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+    "connection",
+    "http-x-hubble-token",
+];
+
+pub async fn url(raw: &str, settings: &ApiSettings) -> Result<String, FieldError> {
+    let err = |m: String| FieldError::new("url", m);
+    if raw.len() > MAX_URL_LEN {
+        return Err(err(format!("at most {MAX_URL_LEN} characters")));
+    }
+    let parsed = url::Url::parse(raw).map_err(|e| err(format!("not an absolute URL: {e}")))?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if settings.allow_http => {}
+        "http" => {
+            return Err(err(
+                "must use https:// (http:// needs HOOKRELAY_ALLOW_HTTP=true)".into(),
+            ));
+        }
+        other => return Err(err(format!("unsupported scheme {other}:// (use https://)"))),
+    }
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| err("has no host".into()))?;
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    match resolve_allowed(host, port, settings.allow_private_targets).await {
+        Ok(_) => {}
+        // A name that does not resolve yet may later; it is checked again before every attempt.
+        Err(TargetError::Unresolvable { .. }) => {}
+        Err(forbidden) => return Err(err(forbidden.to_string())),
+    }
+    Ok(parsed.to_string())
+}
+
+/// Subscription patterns: each well formed and naming a known type (or a prefix of one).
+pub fn events(patterns: &[String], known: &[String]) -> Result<Vec<String>, FieldError> {
+    if patterns.is_empty() {
+        return Err(FieldError::new(
+            "events",
+            "at least one event type, or \"*\" for all",
+        ));
+    }
+    if patterns.len() > MAX_EVENTS {
+        return Err(FieldError::new(
+            "events",
+            format!("at most {MAX_EVENTS} entries"),
+        ));
+    }
+    let malformed: Vec<&str> = patterns
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !catalog::is_valid_pattern(p))
+        .collect();
+    if !malformed.is_empty() {
+        return Err(FieldError::new(
+            "events",
+            format!("malformed event names: {}", malformed.join(", ")),
+        ));
+    }
+    let unknown: Vec<&str> = patterns
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !known.iter().any(|k| catalog::pattern_matches(p, k)))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(FieldError::new(
+            "events",
+            format!(
+                "unknown event types: {} (GET /api/v1/webhooks/events/available lists them)",
+                unknown.join(", ")
+            ),
+        ));
+    }
+    let mut out = patterns.to_vec();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+pub fn headers(headers: &BTreeMap<String, String>) -> Result<Value, FieldError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(FieldError::new(
+            "headers",
+            format!("at most {MAX_HEADERS} headers"),
+        ));
+    }
+    for (name, value) in headers {
+        let field = format!("headers.{name}");
+        let lower = name.to_ascii_lowercase();
+        if actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(FieldError::new(field, "not a valid HTTP header name"));
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str())
+            || lower.starts_with("webhook-")
+            || lower.starts_with("x-webhook-")
+            || lower == "x-event-type"
+        {
+            return Err(FieldError::new(
+                field,
+                "set by hookrelay; cannot be overridden",
+            ));
+        }
+        if actix_web::http::header::HeaderValue::from_str(value).is_err() || value.len() > 4096 {
+            return Err(FieldError::new(
+                field,
+                "not a valid HTTP header value (visible ASCII, at most 4096 bytes)",
+            ));
+        }
+    }
+    Ok(serde_json::to_value(headers).expect("a map of strings serializes"))
+}
+
+fn is_json_pointer(p: &str) -> bool {
+    if p.is_empty() {
+        return true;
+    }
+    if !p.starts_with('/') {
+        return false;
+    }
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `{"/json/pointer": value | [values]}`: every pointer must be valid.
+pub fn filter(filter: &Map<String, Value>) -> Result<Value, FieldError> {
+    if filter.len() > MAX_FILTERS {
+        return Err(FieldError::new(
+            "filter",
+            format!("at most {MAX_FILTERS} conditions"),
+        ));
+    }
+    for (pointer, expected) in filter {
+        if !is_json_pointer(pointer) {
+            return Err(FieldError::new(
+                format!("filter.{pointer}"),
+                "keys are JSON pointers into the event data, e.g. /device/tags/location",
+            ));
+        }
+        if matches!(expected, Value::Array(values) if values.is_empty()) {
+            return Err(FieldError::new(
+                format!("filter.{pointer}"),
+                "a list of values must not be empty",
+            ));
+        }
+    }
+    Ok(Value::Object(filter.clone()))
+}
+
+pub fn metadata(metadata: &Map<String, Value>) -> Result<Value, FieldError> {
+    let value = Value::Object(metadata.clone());
+    if value.to_string().len() > MAX_METADATA_BYTES {
+        return Err(FieldError::new(
+            "metadata",
+            format!("at most {MAX_METADATA_BYTES} bytes of JSON"),
+        ));
+    }
+    Ok(value)
+}
+
+pub fn description(text: &str) -> Result<String, FieldError> {
+    if text.chars().count() > 1000 {
+        return Err(FieldError::new("description", "at most 1000 characters"));
+    }
+    Ok(text.to_owned())
+}
+
+pub fn max_batch_size(n: i32) -> Result<i32, FieldError> {
+    if (1..=1000).contains(&n) {
+        Ok(n)
+    } else {
+        Err(FieldError::new(
+            "max_batch_size",
+            "must be between 1 and 1000",
+        ))
+    }
+}
+
+pub fn rate_limit(n: i32) -> Result<i32, FieldError> {
+    if (1..=10_000).contains(&n) {
+        Ok(n)
+    } else {
+        Err(FieldError::new(
+            "rate_limit_per_second",
+            "must be between 1 and 10000",
+        ))
+    }
+}
+
+pub fn secret(text: &str) -> Result<String, FieldError> {
+    hookrelay_signer::Secret::parse(text)
+        .map(|s| s.as_str().to_owned())
+        .map_err(|e| FieldError::new("secret", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_pointers() {
+        for ok in ["", "/device/id", "/a~0b/c~1d", "/"] {
+            assert!(is_json_pointer(ok), "{ok}");
+        }
+        for bad in ["device/id", "/a~2", "/a~"] {
+            assert!(!is_json_pointer(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn events_name_the_unknown_ones() {
+        let known = vec!["user.created".to_string(), "device.online".to_string()];
+        assert!(events(&["device.*".into(), "user.created".into()], &known).is_ok());
+        let err = events(
+            &["user.created".into(), "nope.x".into(), "ghost.*".into()],
+            &known,
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("nope.x") && err.message.contains("ghost.*"),
+            "{}",
+            err.message
+        );
+        assert!(events(&[], &known).is_err());
+        assert!(
+            events(&["Bad Name".into()], &known)
+                .unwrap_err()
+                .message
+                .contains("malformed")
+        );
+    }
+
+    #[test]
+    fn reserved_headers_are_refused() {
+        for name in [
+            "Content-Type",
+            "webhook-signature",
+            "X-Webhook-Signature",
+            "Host",
+            "X-Event-Type",
+        ] {
+            let h = BTreeMap::from([(name.to_string(), "v".to_string())]);
+            assert!(headers(&h).is_err(), "{name}");
+        }
+        let ok = BTreeMap::from([("X-Partner".to_string(), "abc".to_string())]);
+        assert!(headers(&ok).is_ok());
+    }
+}
