@@ -85,6 +85,7 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub config: Config,
+    env: HashMap<String, String>,
     running: Option<Running>,
 }
 
@@ -114,8 +115,14 @@ impl TestApp {
             base,
             http: reqwest::Client::new(),
             config,
+            env,
             running: Some(running),
         }
+    }
+
+    /// The HOOKRELAY_ENCRYPTION_KEY this service runs with, for processes that must share it.
+    pub fn encryption_key(&self) -> String {
+        self.env["HOOKRELAY_ENCRYPTION_KEY"].clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -213,4 +220,193 @@ pub async fn status_json(resp: reqwest::Response) -> (u16, serde_json::Value) {
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
+}
+
+/// A real HTTP receiver on 127.0.0.1 that records every request and answers from a script.
+pub mod receiver {
+    use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// One answer: status, optional Retry-After, and a delay before answering.
+    #[derive(Debug, Clone)]
+    pub struct Reply {
+        pub status: u16,
+        pub retry_after: Option<String>,
+        pub delay: Duration,
+    }
+
+    impl Reply {
+        pub fn status(status: u16) -> Self {
+            Self {
+                status,
+                retry_after: None,
+                delay: Duration::ZERO,
+            }
+        }
+        pub fn retry_after(status: u16, value: &str) -> Self {
+            Self {
+                status,
+                retry_after: Some(value.into()),
+                delay: Duration::ZERO,
+            }
+        }
+        pub fn slow(delay: Duration) -> Self {
+            Self {
+                status: 200,
+                retry_after: None,
+                delay,
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    pub struct Hit {
+        pub headers: HashMap<String, String>,
+        pub body: Vec<u8>,
+        pub at: Instant,
+    }
+
+    impl Hit {
+        pub fn header(&self, name: &str) -> &str {
+            self.headers
+                .get(&name.to_ascii_lowercase())
+                .map(String::as_str)
+                .unwrap_or("")
+        }
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_slice(&self.body).expect("JSON body")
+        }
+    }
+
+    #[derive(Default)]
+    struct State {
+        script: VecDeque<Reply>,
+        default: Option<Reply>,
+        hits: Vec<Hit>,
+    }
+
+    #[derive(Clone)]
+    pub struct Receiver {
+        pub url: String,
+        state: Arc<Mutex<State>>,
+        handle: actix_web::dev::ServerHandle,
+    }
+
+    async fn handle(
+        req: HttpRequest,
+        body: web::Bytes,
+        state: web::Data<Arc<Mutex<State>>>,
+    ) -> HttpResponse {
+        let reply = {
+            let mut s = state.lock().unwrap();
+            let headers = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            s.hits.push(Hit {
+                headers,
+                body: body.to_vec(),
+                at: Instant::now(),
+            });
+            let default = s.default.clone().unwrap_or(Reply::status(200));
+            s.script.pop_front().unwrap_or(default)
+        };
+        if !reply.delay.is_zero() {
+            tokio::time::sleep(reply.delay).await;
+        }
+        let mut response =
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(reply.status).unwrap());
+        if let Some(ra) = reply.retry_after {
+            response.insert_header(("Retry-After", ra));
+        }
+        response.body(format!("reply {}", reply.status))
+    }
+
+    impl Receiver {
+        /// Answers 200 unless scripted otherwise.
+        pub async fn start() -> Self {
+            let state = Arc::new(Mutex::new(State::default()));
+            let data = web::Data::new(state.clone());
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(data.clone())
+                    .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+                    .default_service(web::to(handle))
+            })
+            .listen(listener)
+            .unwrap()
+            .workers(2)
+            .disable_signals()
+            .run();
+            let handle = server.handle();
+            tokio::spawn(server);
+            Self {
+                url: format!("http://{addr}/hook"),
+                state,
+                handle,
+            }
+        }
+
+        /// The next answers, in order; after them the default.
+        pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+            self.state.lock().unwrap().script.extend(replies);
+        }
+
+        pub fn set_default(&self, reply: Reply) {
+            self.state.lock().unwrap().default = Some(reply);
+        }
+
+        pub fn hits(&self) -> Vec<Hit> {
+            self.state.lock().unwrap().hits.clone()
+        }
+
+        /// Waits until at least `n` requests arrived, for at most `timeout`.
+        pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Hit> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let hits = self.hits();
+                if hits.len() >= n || Instant::now() > deadline {
+                    return hits;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        pub async fn stop(&self) {
+            self.handle.stop(false).await;
+        }
+    }
+}
+
+/// Polls `check` until it holds, for at most `timeout`; true when it held.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    check().await
+}
+
+/// Counts deliveries by status in the test database.
+pub async fn delivery_statuses(pool: &PgPool) -> HashMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>(
+        "SELECT status, count(*) FROM webhook_deliveries GROUP BY status",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
 }

@@ -54,6 +54,11 @@ pub struct ApiState {
     pub settings: ApiSettings,
     pub metrics: Arc<prometheus_client::registry::Registry>,
     pub rate_limiter: rate_limit::OrgRateLimiter,
+    /// Attempts a new delivery gets: the first plus one per retry step.
+    pub max_attempts: i32,
+    /// For the test send, which makes its attempt in the API process.
+    pub worker: hookrelay_queue::WorkerSettings,
+    pub http_client: reqwest::Client,
 }
 
 impl ApiState {
@@ -62,14 +67,20 @@ impl ApiState {
         secrets: SecretBox,
         settings: ApiSettings,
         metrics: Arc<prometheus_client::registry::Registry>,
+        worker: hookrelay_queue::WorkerSettings,
     ) -> Self {
         let rate_limiter = rate_limit::OrgRateLimiter::new(settings.org_rate_limit);
+        let http_client =
+            hookrelay_queue::deliver::client(worker.delivery_timeout, worker.allow_private_targets);
         Self {
             pool,
             secrets,
             settings,
             metrics,
             rate_limiter,
+            max_attempts: hookrelay_queue::retry::max_attempts(&worker.retry_schedule),
+            worker,
+            http_client,
         }
     }
 }
@@ -122,7 +133,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(webhooks::update)
             .service(webhooks::remove)
             .service(webhooks::get_secret)
-            .service(webhooks::rotate_secret),
+            .service(webhooks::rotate_secret)
+            .service(events::publish)
+            .service(events::publish_batch)
+            .service(deliveries::history)
+            .service(deliveries::get_delivery)
+            .service(deliveries::retry)
+            .service(deliveries::recover)
+            .service(deliveries::test),
     );
 }
 

@@ -8,7 +8,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use utoipa::Modify;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
-use crate::routes::{self, admin, event_types, keys, organization, webhooks};
+use crate::routes::{self, admin, deliveries, event_types, events, keys, organization, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,8 @@ use crate::routes::{self, admin, event_types, keys, organization, webhooks};
         event_types::available, event_types::list, event_types::create, event_types::remove,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::remove,
         webhooks::get_secret, webhooks::rotate_secret,
+        events::publish, events::publish_batch,
+        deliveries::history, deliveries::get_delivery, deliveries::retry, deliveries::recover, deliveries::test,
     ),
     components(schemas(crate::problem::Problem, crate::problem::FieldError)),
     modifiers(&SecuritySchemes, &CommonResponses),
@@ -34,6 +36,8 @@ use crate::routes::{self, admin, event_types, keys, organization, webhooks};
         (name = "keys", description = "API keys: opaque bearer tokens with scopes"),
         (name = "event-types", description = "An organization's own event types"),
         (name = "webhooks", description = "Endpoints that receive events"),
+        (name = "events", description = "Publishing events"),
+        (name = "deliveries", description = "Delivery history, attempts and redelivery"),
     )
 )]
 pub struct ApiDoc;

@@ -22,6 +22,8 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Delivery stats per event for the last 24 h (seed 003's "Check Delivery Stats" query)
+    Stats,
     /// Creates a first organization and API key when none exists (what `make run` does)
     Bootstrap {
         /// Where to keep the first key's token, so later runs can show it again
@@ -170,6 +172,24 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             print(json!({"revoked": id}));
         }
         AdminCommand::Bootstrap { token_file } => bootstrap(&pool, token_file.as_deref()).await?,
+        AdminCommand::Stats => {
+            let rows: Vec<(String, i64, f64, i64)> = sqlx::query_as(
+                "SELECT event, COUNT(*) AS total_deliveries, AVG(attempt_number)::float8 AS avg_attempts,
+                        COUNT(CASE WHEN response_status >= 200 AND response_status < 300 THEN 1 END) AS successful
+                   FROM webhook_deliveries
+                  WHERE created_at > NOW() - INTERVAL '24 hours'
+                  GROUP BY event ORDER BY event",
+            )
+            .fetch_all(&pool)
+            .await?;
+            let rows: Vec<_> = rows
+                .into_iter()
+                .map(|(event, total, avg, ok)| {
+                    json!({"event": event, "total_deliveries": total, "avg_attempts": avg, "successful": ok})
+                })
+                .collect();
+            print(json!(rows));
+        }
     }
     Ok(())
 }

@@ -75,6 +75,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "PostgreSQL connections per process",
     ),
     (
+        "HOOKRELAY_WORKER_CONCURRENCY",
+        "256",
+        "delivery attempts in flight at once per process",
+    ),
+    (
         "HOOKRELAY_HTTP_WORKERS",
         "0",
         "API worker threads (0 = one per core)",
@@ -119,6 +124,7 @@ pub struct Config {
     pub org_rate_limit: u32,
     pub db_max_connections: u32,
     pub http_workers: usize,
+    pub worker_concurrency: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -281,6 +287,15 @@ impl Config {
                 })
             })?,
             http_workers: r.parse("HOOKRELAY_HTTP_WORKERS", parse_number)?,
+            worker_concurrency: r.parse("HOOKRELAY_WORKER_CONCURRENCY", |v| {
+                parse_number::<usize>(v).and_then(|n| {
+                    if (1..=10_000).contains(&n) {
+                        Ok(n)
+                    } else {
+                        Err("must be between 1 and 10000".into())
+                    }
+                })
+            })?,
         };
         if config.delivery_timeout.is_zero() {
             return Err(ConfigError {

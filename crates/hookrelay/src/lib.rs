@@ -87,6 +87,10 @@ pub fn worker_settings(config: &Config) -> hookrelay_queue::WorkerSettings {
     hookrelay_queue::WorkerSettings {
         retention: std::time::Duration::from_secs(u64::from(config.retention_days) * 86_400),
         lease: config.lease,
+        retry_schedule: config.retry_schedule.clone(),
+        delivery_timeout: config.delivery_timeout,
+        allow_private_targets: config.allow_private_targets,
+        concurrency: config.worker_concurrency,
         ..Default::default()
     }
 }
@@ -112,8 +116,13 @@ pub async fn build(
     let mut registry = prometheus_client_registry();
     let workers = if roles.workers {
         Some(
-            hookrelay_queue::Worker::new(pool.clone(), worker_settings(config), &mut registry)
-                .start(),
+            hookrelay_queue::Worker::new(
+                pool.clone(),
+                worker_settings(config),
+                secrets.clone(),
+                &mut registry,
+            )
+            .start(),
         )
     } else {
         None
@@ -128,6 +137,7 @@ pub async fn build(
             secrets,
             api_settings(config),
             registry.clone(),
+            worker_settings(config),
         );
         let server = hookrelay_api::serve(listener, state)?;
         let handle = server.handle();

@@ -4,9 +4,13 @@
 //!
 //! Pipeline stages owned here: queue → sign → deliver → record.
 
+pub mod deliver;
+pub mod jobs;
 pub mod maintenance;
 pub mod metrics;
+pub mod retry;
 pub mod target;
+mod worker;
 
 use sqlx::PgPool;
 use std::time::Duration;
@@ -31,8 +35,20 @@ pub struct WorkerSettings {
     pub retention: Duration,
     /// How long a claimed delivery stays with its worker before another may take it.
     pub lease: Duration,
-    /// How often maintenance (lease rescue, retention) runs.
+    /// How often maintenance (lease rescue, retention, queue gauges) runs.
     pub maintenance_interval: Duration,
+    /// Delays after attempt 1, 2, …
+    pub retry_schedule: Vec<Duration>,
+    pub delivery_timeout: Duration,
+    pub allow_private_targets: bool,
+    /// Attempts in flight at once in this process.
+    pub concurrency: usize,
+    /// Most jobs claimed in one statement.
+    pub claim_batch: usize,
+    /// Longest sleep between looks at the queue when nothing wakes the worker.
+    pub poll_interval: Duration,
+    /// How long shutdown waits for attempts in flight.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -41,6 +57,13 @@ impl Default for WorkerSettings {
             retention: Duration::from_secs(30 * 86_400),
             lease: Duration::from_secs(60),
             maintenance_interval: Duration::from_secs(5),
+            retry_schedule: [60, 300, 900, 3600, 7200].map(Duration::from_secs).to_vec(),
+            delivery_timeout: Duration::from_secs(30),
+            allow_private_targets: false,
+            concurrency: 256,
+            claim_batch: 50,
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(35),
         }
     }
 }
@@ -49,18 +72,26 @@ impl Default for WorkerSettings {
 pub struct Worker {
     pool: PgPool,
     settings: WorkerSettings,
+    secrets: hookrelay_storage::SecretBox,
     metrics: metrics::QueueMetrics,
 }
 
 impl Worker {
-    pub fn new(pool: PgPool, settings: WorkerSettings, registry: &mut metrics::Registry) -> Self {
+    pub fn new(
+        pool: PgPool,
+        settings: WorkerSettings,
+        secrets: hookrelay_storage::SecretBox,
+        registry: &mut metrics::Registry,
+    ) -> Self {
         Self {
             pool,
             settings,
+            secrets,
             metrics: metrics::QueueMetrics::register(registry),
         }
     }
 
+    /// Starts the delivery loop and maintenance.
     pub fn start(self) -> WorkerHandle {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -68,10 +99,47 @@ impl Worker {
             self.pool.clone(),
             self.settings.clone(),
             self.metrics.clone(),
-            stopped,
+            stopped.clone(),
         ));
+        let context = std::sync::Arc::new(worker::Context {
+            client: deliver::client(
+                self.settings.delivery_timeout,
+                self.settings.allow_private_targets,
+            ),
+            worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            pool: self.pool,
+            settings: self.settings,
+            secrets: self.secrets,
+            metrics: self.metrics,
+        });
+        tasks.spawn(worker::run(context, stopped));
         WorkerHandle { stop, tasks }
     }
+}
+
+/// One attempt outside the queue, for `POST /webhooks/{id}/test`: sends, records, answers.
+pub async fn attempt_now(
+    pool: &PgPool,
+    secrets: &hookrelay_storage::SecretBox,
+    settings: &WorkerSettings,
+    client: &reqwest::Client,
+    work: &jobs::Work,
+) -> Result<jobs::Record, QueueError> {
+    let context = worker::Context {
+        pool: pool.clone(),
+        settings: WorkerSettings {
+            // A test send is one attempt: it is never retried.
+            retry_schedule: Vec::new(),
+            ..settings.clone()
+        },
+        secrets: secrets.clone(),
+        metrics: metrics::QueueMetrics::default(),
+        client: client.clone(),
+        worker_id: "api-test".into(),
+    };
+    let record = worker::send(&context, work).await;
+    jobs::record(pool, std::slice::from_ref(&record)).await?;
+    Ok(record)
 }
 
 pub struct WorkerHandle {

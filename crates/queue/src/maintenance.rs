@@ -46,6 +46,9 @@ pub async fn tick(
     let pruned = prune_deliveries(pool, cutoff).await?;
     metrics.deliveries_pruned.inc_by(pruned);
     prune_before(pool, cutoff).await?;
+    let (depth, lag) = crate::jobs::backlog(pool).await?;
+    metrics.queue_depth.set(depth);
+    metrics.queue_lag_seconds.set(lag);
     Ok(())
 }
 

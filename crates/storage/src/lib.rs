@@ -5,11 +5,14 @@
 pub mod api_keys;
 pub mod catalog;
 pub mod crypto;
+pub mod deliveries;
 mod error;
 pub mod event_types;
+pub mod events;
 pub mod organizations;
 pub mod page;
 mod pool;
+pub mod routing;
 pub mod webhooks;
 
 pub use crypto::SecretBox;

@@ -67,7 +67,8 @@ pub struct NewWebhook {
     pub rate_limit_per_second: Option<i32>,
 }
 
-fn secret_context(id: Uuid) -> String {
+/// The associated data a webhook's secrets are sealed with.
+pub fn secret_context(id: Uuid) -> String {
     format!("webhook:{id}")
 }
 

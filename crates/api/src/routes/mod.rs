@@ -1,7 +1,9 @@
 //! The HTTP routes, one module per resource, and what lists share.
 
 pub mod admin;
+pub mod deliveries;
 pub mod event_types;
+pub mod events;
 pub mod health;
 pub mod keys;
 pub mod organization;

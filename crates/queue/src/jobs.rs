@@ -1,0 +1,277 @@
+//! The `delivery_jobs` table from the worker's side: claim due jobs in batches (one statement,
+//! `FOR UPDATE SKIP LOCKED`, committed before any HTTP call), load what sending needs, and
+//! record outcomes in batches: every attempt row, the delivery's latest state, and the job's next
+//! step (deleted when finished, rescheduled for a retry). A record is accepted only from the
+//! worker that still holds the job at that attempt, so a worker whose lease ran out cannot
+//! overwrite a newer attempt.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::types::Json;
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::QueueError;
+use crate::deliver::Outcome;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub delivery_id: Uuid,
+    pub org_id: Uuid,
+    pub webhook_id: Uuid,
+    pub attempt: i32,
+    pub max_attempts: i32,
+}
+
+/// A claimed job with what sending it needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Work {
+    #[sqlx(flatten)]
+    pub job: ClaimedJob,
+    pub event: String,
+    pub payload: Json<Value>,
+    pub url: String,
+    pub headers: Json<Value>,
+    pub payload_format: String,
+    pub active: bool,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+}
+
+/// Claims up to `limit` due jobs for `worker`, leased for `lease`.
+pub async fn claim(
+    pool: &PgPool,
+    worker: &str,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<ClaimedJob>, QueueError> {
+    Ok(sqlx::query_as(
+        "WITH due AS (
+             SELECT delivery_id FROM delivery_jobs
+              WHERE state = 'available' AND scheduled_at <= now()
+              ORDER BY scheduled_at
+              LIMIT $1
+              FOR UPDATE SKIP LOCKED)
+         UPDATE delivery_jobs j
+            SET state = 'running', attempt = j.attempt + 1,
+                lease_expires_at = now() + make_interval(secs => $2), claimed_by = $3
+           FROM due
+          WHERE j.delivery_id = due.delivery_id
+      RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, j.max_attempts",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .bind(worker)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn load(pool: &PgPool, jobs: &[ClaimedJob]) -> Result<Vec<Work>, QueueError> {
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
+    Ok(sqlx::query_as(
+        "SELECT d.id AS delivery_id, d.org_id, d.webhook_id, c.attempt, j.max_attempts, d.event, d.payload,
+                w.url, w.headers, w.payload_format, w.active AND w.deleted_at IS NULL AS active, w.secret,
+                CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret
+           FROM unnest($1::uuid[], $2::int[]) AS c(id, attempt)
+           JOIN webhook_deliveries d ON d.id = c.id
+           JOIN delivery_jobs j ON j.delivery_id = d.id
+           JOIN webhooks w ON w.org_id = d.org_id AND w.id = d.webhook_id",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Jobs whose webhook turned out to be inactive when they were claimed: back to `parked`,
+/// the claim not counted as an attempt.
+pub async fn park(pool: &PgPool, jobs: &[ClaimedJob]) -> Result<(), QueueError> {
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
+    sqlx::query(
+        "UPDATE delivery_jobs j SET state = 'parked', attempt = j.attempt - 1, lease_expires_at = NULL, claimed_by = NULL
+           FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
+          WHERE j.delivery_id = u.id AND j.attempt = u.attempt AND j.state = 'running'",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// What follows an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Sent,
+    RetryAt(DateTime<Utc>),
+    Failed,
+}
+
+impl Next {
+    pub fn status(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::RetryAt(_) => "retrying",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One attempt's record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub job: ClaimedJob,
+    pub url: String,
+    pub started_at: DateTime<Utc>,
+    pub outcome: Outcome,
+    pub next: Next,
+}
+
+/// Writes a batch of records in one transaction. Returns how many were accepted (a record from a
+/// worker that lost its lease to a newer attempt is refused by the unique attempt number).
+pub async fn record(pool: &PgPool, records: &[Record]) -> Result<usize, QueueError> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = pool.begin().await?;
+    let n = records.len();
+    let (mut ids, mut orgs, mut deliveries, mut webhooks, mut attempts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut urls, mut statuses, mut bodies, mut errors, mut latencies, mut started) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for r in records {
+        ids.push(Uuid::now_v7());
+        orgs.push(r.job.org_id);
+        deliveries.push(r.job.delivery_id);
+        webhooks.push(r.job.webhook_id);
+        attempts.push(r.job.attempt);
+        urls.push(r.url.clone());
+        statuses.push(r.outcome.status.map(i32::from));
+        bodies.push(r.outcome.body_excerpt.clone());
+        errors.push(r.outcome.error.clone());
+        latencies.push(i32::try_from(r.outcome.latency.as_millis()).unwrap_or(i32::MAX));
+        started.push(r.started_at);
+    }
+    let accepted: Vec<(Uuid, i32)> = sqlx::query_as(
+        "INSERT INTO webhook_delivery_attempts
+             (id, org_id, delivery_id, webhook_id, attempt_number, url, response_status, response_body, error, latency_ms, started_at)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::text[], $7::int[],
+                              $8::text[], $9::text[], $10::int[], $11::timestamptz[])
+         ON CONFLICT (org_id, delivery_id, attempt_number) DO NOTHING
+         RETURNING delivery_id, attempt_number",
+    )
+    .bind(&ids)
+    .bind(&orgs)
+    .bind(&deliveries)
+    .bind(&webhooks)
+    .bind(&attempts)
+    .bind(&urls)
+    .bind(&statuses)
+    .bind(&bodies)
+    .bind(&errors)
+    .bind(&latencies)
+    .bind(&started)
+    .fetch_all(&mut *tx)
+    .await?;
+    let accepted: std::collections::HashSet<(Uuid, i32)> = accepted.into_iter().collect();
+    let kept: Vec<&Record> = records
+        .iter()
+        .filter(|r| accepted.contains(&(r.job.delivery_id, r.job.attempt)))
+        .collect();
+
+    let k_ids: Vec<Uuid> = kept.iter().map(|r| r.job.delivery_id).collect();
+    let k_attempts: Vec<i32> = kept.iter().map(|r| r.job.attempt).collect();
+    let k_status: Vec<&str> = kept.iter().map(|r| r.next.status()).collect();
+    let k_codes: Vec<Option<i32>> = kept
+        .iter()
+        .map(|r| r.outcome.status.map(i32::from))
+        .collect();
+    let k_bodies: Vec<Option<String>> = kept
+        .iter()
+        .map(|r| r.outcome.body_excerpt.clone())
+        .collect();
+    let k_errors: Vec<Option<String>> = kept.iter().map(|r| r.outcome.error.clone()).collect();
+    let k_next: Vec<Option<DateTime<Utc>>> = kept
+        .iter()
+        .map(|r| match r.next {
+            Next::RetryAt(at) => Some(at),
+            _ => None,
+        })
+        .collect();
+    sqlx::query(
+        "UPDATE webhook_deliveries d
+            SET status = u.status, response_status = u.code, response_body = u.body, attempt_number = u.attempt,
+                last_error = u.error, next_attempt_at = u.next,
+                delivered_at = CASE WHEN u.status = 'sent' THEN now() END
+           FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
+                AS u(id, attempt, status, code, body, error, next)
+          WHERE d.id = u.id",
+    )
+    .bind(&k_ids)
+    .bind(&k_attempts)
+    .bind(&k_status)
+    .bind(&k_codes)
+    .bind(&k_bodies)
+    .bind(&k_errors)
+    .bind(&k_next)
+    .execute(&mut *tx)
+    .await?;
+    // Finished jobs leave the queue; retries become due at their time. Both only while this
+    // worker's claim (the attempt number) is still the job's current one.
+    sqlx::query(
+        "DELETE FROM delivery_jobs j
+          USING unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(id, attempt, next)
+          WHERE j.delivery_id = u.id AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NULL",
+    )
+    .bind(&k_ids)
+    .bind(&k_attempts)
+    .bind(&k_next)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE delivery_jobs j
+            SET state = 'available', scheduled_at = u.next, lease_expires_at = NULL, claimed_by = NULL
+           FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(id, attempt, next)
+          WHERE j.delivery_id = u.id AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NOT NULL",
+    )
+    .bind(&k_ids)
+    .bind(&k_attempts)
+    .bind(&k_next)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(kept.len())
+}
+
+/// Due work waiting and how late the oldest of it is, for `/metrics`.
+pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), QueueError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(scheduled_at))::float8, 0)
+           FROM delivery_jobs WHERE state = 'available' AND scheduled_at <= now()",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// When the next scheduled job falls due, if any.
+pub async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, QueueError> {
+    Ok(
+        sqlx::query_scalar("SELECT min(scheduled_at) FROM delivery_jobs WHERE state = 'available'")
+            .fetch_one(pool)
+            .await?,
+    )
+}

@@ -1,0 +1,279 @@
+//! The delivery loop of one process: claim due jobs while there is room (bounded concurrency),
+//! send each on its own task inside a span carrying org, webhook and delivery ids, and hand the
+//! outcome to one recorder that writes outcomes in batches. Workers wake on NOTIFY from a
+//! publish, or when the next scheduled retry falls due, or at the poll interval.
+
+use chrono::Utc;
+use hookrelay_signer::Secret;
+use hookrelay_storage::{SecretBox, events::JOBS_CHANNEL, webhooks::secret_context};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tracing::Instrument;
+
+use crate::deliver::{self, Request};
+use crate::jobs::{self, Next, Record, Work};
+use crate::metrics::QueueMetrics;
+use crate::retry::{next_delay, random_jitter};
+use crate::{QueueError, WorkerSettings, sleep_or_stop};
+
+/// Records buffered between senders and the recorder; a full buffer slows sending down.
+const RECORD_BUFFER: usize = 4096;
+/// Most records written in one transaction.
+const RECORD_BATCH: usize = 500;
+
+pub(crate) struct Context {
+    pub pool: PgPool,
+    pub settings: WorkerSettings,
+    pub secrets: SecretBox,
+    pub metrics: QueueMetrics,
+    pub client: reqwest::Client,
+    pub worker_id: String,
+}
+
+pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(ctx.pool.clone(), wake.clone()));
+    let (records, inbox) = mpsc::channel(RECORD_BUFFER);
+    let recorder = tokio::spawn(record_loop(ctx.clone(), inbox));
+    let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
+
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        let free = slots.available_permits();
+        if free == 0 {
+            tokio::select! {
+                permit = slots.acquire() => drop(permit),
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
+        let want = free.min(ctx.settings.claim_batch);
+        let claimed =
+            match jobs::claim(&ctx.pool, &ctx.worker_id, want as i64, ctx.settings.lease).await {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::warn!(error = %err, "claiming deliveries failed; retrying");
+                    if sleep_or_stop(&mut stopped, Duration::from_secs(1)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+        let full = claimed.len() == want;
+        if !claimed.is_empty() {
+            match jobs::load(&ctx.pool, &claimed).await {
+                Ok(work) => dispatch(&ctx, work, &slots, &records).await,
+                // The claims stay leased; the rescuer re-queues them when the lease runs out.
+                Err(err) => tracing::warn!(error = %err, "loading claimed deliveries failed"),
+            }
+        }
+        if !full {
+            let wait = match jobs::next_due(&ctx.pool).await {
+                Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                _ => ctx.settings.poll_interval,
+            }
+            .min(ctx.settings.poll_interval);
+            if wait.is_zero() && !claimed.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+    }
+    // Let in-flight attempts finish (each is bounded by the delivery timeout), then flush.
+    let all = u32::try_from(ctx.settings.concurrency).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(ctx.settings.shutdown_grace, slots.acquire_many(all)).await;
+    drop(records);
+    let _ = recorder.await;
+    listener.abort();
+}
+
+/// Sends every job of `work` on its own task; parks jobs whose webhook is inactive.
+async fn dispatch(
+    ctx: &Arc<Context>,
+    work: Vec<Work>,
+    slots: &Arc<Semaphore>,
+    records: &mpsc::Sender<Record>,
+) {
+    let (inactive, sendable): (Vec<Work>, Vec<Work>) = work.into_iter().partition(|w| !w.active);
+    if !inactive.is_empty() {
+        let jobs: Vec<_> = inactive.into_iter().map(|w| w.job).collect();
+        if let Err(err) = jobs::park(&ctx.pool, &jobs).await {
+            tracing::warn!(error = %err, "parking deliveries of inactive webhooks failed");
+        }
+    }
+    for work in sendable {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let span = tracing::info_span!(
+            "delivery_attempt",
+            org_id = %work.job.org_id,
+            webhook_id = %work.job.webhook_id,
+            delivery_id = %work.job.delivery_id,
+            attempt = work.job.attempt,
+        );
+        let ctx = ctx.clone();
+        let records = records.clone();
+        tokio::spawn(
+            async move {
+                let record = send(&ctx, &work).await;
+                let _ = records.send(record).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn signing_secrets(ctx: &Context, work: &Work) -> Result<Vec<Secret>, String> {
+    let context = secret_context(work.job.webhook_id);
+    let mut out = Vec::with_capacity(2);
+    for sealed in std::iter::once(&work.secret).chain(work.previous_secret.as_ref()) {
+        let plain = ctx
+            .secrets
+            .open(&context, sealed)
+            .map_err(|e| e.to_string())?;
+        out.push(Secret::parse(&plain).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+fn extra_headers(work: &Work) -> Vec<(String, String)> {
+    work.headers
+        .0
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Makes the attempt and decides what follows it.
+pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
+    let started_at = Utc::now();
+    let outcome = match signing_secrets(ctx, work) {
+        Ok(secrets) => {
+            let body = serde_json::to_vec(&work.payload.0).expect("JSON values serialize");
+            let headers = extra_headers(work);
+            let request = Request {
+                delivery_id: work.job.delivery_id,
+                url: &work.url,
+                event: &work.event,
+                body: &body,
+                secrets: &secrets,
+                extra_headers: &headers,
+                hubble_token: (work.payload_format == "hubble").then(|| secrets[0].as_str()),
+            };
+            deliver::attempt(&ctx.client, &request, ctx.settings.allow_private_targets).await
+        }
+        Err(err) => deliver::Outcome {
+            status: None,
+            body_excerpt: None,
+            error: Some(format!("cannot sign: {err}")),
+            latency: Duration::ZERO,
+            retry_after: None,
+        },
+    };
+    let next = if outcome.succeeded() {
+        Next::Sent
+    } else {
+        let attempt = u32::try_from(work.job.attempt).unwrap_or(u32::MAX);
+        match next_delay(
+            &ctx.settings.retry_schedule,
+            attempt,
+            outcome.retry_after,
+            random_jitter(),
+        ) {
+            Some(delay) if work.job.attempt < work.job.max_attempts => Next::RetryAt(
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+            ),
+            _ => Next::Failed,
+        }
+    };
+    ctx.metrics.observe(&outcome, next);
+    match next {
+        Next::Sent => {
+            tracing::debug!(status = ?outcome.status, latency_ms = outcome.latency.as_millis() as u64, "delivered")
+        }
+        _ => {
+            tracing::info!(status = ?outcome.status, error = ?outcome.error, next = next.status(), "attempt failed")
+        }
+    }
+    Record {
+        job: work.job.clone(),
+        url: work.url.clone(),
+        started_at,
+        outcome,
+        next,
+    }
+}
+
+async fn record_loop(ctx: Arc<Context>, mut inbox: mpsc::Receiver<Record>) {
+    while let Some(first) = inbox.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RECORD_BATCH {
+            match inbox.try_recv() {
+                Ok(record) => batch.push(record),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match jobs::record(&ctx.pool, &batch).await {
+                Ok(accepted) => {
+                    if accepted < batch.len() {
+                        tracing::warn!(
+                            refused = batch.len() - accepted,
+                            "late attempt records refused: their lease had passed to another worker"
+                        );
+                    }
+                    break;
+                }
+                Err(QueueError::Storage(err)) if err.is_transient() => {
+                    // Keep the batch: the database is restarting or saturated.
+                    tracing::warn!(error = %err, "recording outcomes failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => {
+                    // The jobs stay leased and are sent again after the lease: nothing is lost.
+                    tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "recording outcomes failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Forwards NOTIFYs from publishers; reconnects when the connection drops.
+async fn listen(pool: PgPool, wake: Arc<Notify>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if listener.listen(JOBS_CHANNEL).await.is_err() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        while listener.recv().await.is_ok() {
+            wake.notify_one();
+        }
+        // A lost connection may have hidden notifications: wake once to look.
+        wake.notify_one();
+    }
+}

@@ -1,0 +1,353 @@
+//! Publishing: store events and fan them out to every subscribed webhook of the organization, in
+//! one transaction: the event rows, one `webhook_deliveries` row per (event, webhook) and one
+//! `delivery_jobs` row each (parked when the webhook is inactive), then a NOTIFY that wakes the
+//! workers when the transaction commits. Idempotency keys answer a repeat with the first answer.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::routing::{filter_matches, subscribed};
+
+/// The channel workers LISTEN on.
+pub const JOBS_CHANNEL: &str = "hookrelay_jobs";
+/// How long an idempotency key replays its first answer.
+pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: String,
+    pub data: Value,
+    pub idempotency_key: Option<String>,
+    pub source_id: Option<Uuid>,
+}
+
+/// What a publish answers for one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Published {
+    pub id: Uuid,
+    pub deliveries: i64,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Route {
+    id: Uuid,
+    events: Vec<String>,
+    filter: Option<Json<Value>>,
+    active: bool,
+}
+
+/// The delivery body in the `envelope` format (seed 003), plus the event id.
+pub fn envelope(
+    event_id: Uuid,
+    event: &str,
+    created_at: DateTime<Utc>,
+    data: &Value,
+    webhook_id: Uuid,
+) -> Value {
+    json!({
+        "id": event_id,
+        "event": event,
+        "timestamp": created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": data,
+        "webhook_id": webhook_id,
+    })
+}
+
+fn request_hash(event: &NewEvent) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(event.event.as_bytes());
+    hasher.update([0]);
+    hasher.update(event.data.to_string().as_bytes());
+    hasher.finalize().to_vec()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the idempotency key {0:?} was used for a different request in the last 24 h")]
+    IdempotencyMismatch(String),
+    #[error(transparent)]
+    Storage(#[from] crate::StorageError),
+}
+
+impl From<sqlx::Error> for PublishError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Storage(err.into())
+    }
+}
+
+/// Stores and fans out `events` inside the caller's transaction; returns one answer per event,
+/// in order. Events whose idempotency key was seen in the last 24 h create nothing and answer
+/// as they did the first time.
+pub async fn publish(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    events: &[NewEvent],
+    max_attempts: i32,
+) -> Result<Vec<Published>, PublishError> {
+    let mut answers: Vec<Option<Published>> = vec![None; events.len()];
+    let mut fresh = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        let id = Uuid::now_v7();
+        match &event.idempotency_key {
+            Some(key) => {
+                match claim_idempotency_key(&mut *conn, org_id, key, &request_hash(event), id)
+                    .await?
+                {
+                    None => fresh.push((i, id)),
+                    Some(first) => answers[i] = Some(first),
+                }
+            }
+            None => fresh.push((i, id)),
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(answers
+            .into_iter()
+            .map(|a| a.expect("every event answered"))
+            .collect());
+    }
+
+    let routes: Vec<Route> = sqlx::query_as(
+        "SELECT id, events, filter, active FROM webhooks WHERE org_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(org_id)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let now = Utc::now();
+    let (mut ev_ids, mut ev_names, mut ev_data, mut ev_keys, mut ev_sources) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut d_ids, mut d_webhooks, mut d_events, mut d_event_ids, mut d_payloads, mut d_states) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for &(i, id) in &fresh {
+        let event = &events[i];
+        ev_ids.push(id);
+        ev_names.push(event.event.clone());
+        ev_data.push(Json(event.data.clone()));
+        ev_keys.push(event.idempotency_key.clone());
+        ev_sources.push(event.source_id);
+        let mut count = 0;
+        for route in &routes {
+            if subscribed(&route.events, &event.event)
+                && filter_matches(route.filter.as_ref().map(|f| &f.0), &event.data)
+            {
+                d_ids.push(Uuid::now_v7());
+                d_webhooks.push(route.id);
+                d_events.push(event.event.clone());
+                d_event_ids.push(id);
+                d_payloads.push(Json(envelope(id, &event.event, now, &event.data, route.id)));
+                d_states.push(if route.active { "available" } else { "parked" });
+                count += 1;
+            }
+        }
+        answers[i] = Some(Published {
+            id,
+            deliveries: count,
+        });
+    }
+
+    sqlx::query(
+        "INSERT INTO events (id, org_id, event, data, idempotency_key, source_id, created_at)
+         SELECT id, $1, event, data, key, source, $7
+           FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::uuid[]) AS t(id, event, data, key, source)",
+    )
+    .bind(org_id)
+    .bind(&ev_ids)
+    .bind(&ev_names)
+    .bind(&ev_data)
+    .bind(&ev_keys)
+    .bind(&ev_sources)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+
+    if !d_ids.is_empty() {
+        insert_deliveries(
+            &mut *conn,
+            org_id,
+            &d_ids,
+            &d_webhooks,
+            &d_events,
+            &d_event_ids,
+            &d_payloads,
+            &d_states,
+            max_attempts,
+            now,
+        )
+        .await?;
+    }
+
+    for (i, _) in &fresh {
+        if let Some(key) = &events[*i].idempotency_key {
+            let answer = answers[*i].as_ref().expect("answered above");
+            sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE org_id = $1 AND key = $2")
+                .bind(org_id)
+                .bind(key)
+                .bind(Json(answer))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(answers
+        .into_iter()
+        .map(|a| a.expect("every event answered"))
+        .collect())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_deliveries(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    ids: &[Uuid],
+    webhooks: &[Uuid],
+    events: &[String],
+    event_ids: &[Uuid],
+    payloads: &[Json<Value>],
+    states: &[&str],
+    max_attempts: i32,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, event_id, payload, status, created_at)
+         SELECT id, $1, webhook, event, event_id, payload, 'pending', $7
+           FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::jsonb[]) AS t(id, webhook, event, event_id, payload)",
+    )
+    .bind(org_id)
+    .bind(ids)
+    .bind(webhooks)
+    .bind(events)
+    .bind(event_ids)
+    .bind(payloads)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, max_attempts, scheduled_at, created_at)
+         SELECT id, $1, webhook, state, $5, $6, $6
+           FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS t(id, webhook, state)",
+    )
+    .bind(org_id)
+    .bind(ids)
+    .bind(webhooks)
+    .bind(states)
+    .bind(max_attempts)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    if states.contains(&"available") {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(JOBS_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Takes the key for this request, or returns the first answer given under it. A concurrent
+/// request with the same key waits on the row lock until the first commits, then replays it.
+async fn claim_idempotency_key(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    key: &str,
+    hash: &[u8],
+    event_id: Uuid,
+) -> Result<Option<Published>, PublishError> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2 AND expires_at < now()",
+    )
+    .bind(org_id)
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (org_id, key, request_hash, response, expires_at)
+         VALUES ($1, $2, $3, $4, now() + make_interval(hours => $5::int))
+         ON CONFLICT (org_id, key) DO NOTHING",
+    )
+    .bind(org_id)
+    .bind(key)
+    .bind(hash)
+    .bind(Json(Published {
+        id: event_id,
+        deliveries: 0,
+    }))
+    .bind(IDEMPOTENCY_TTL_HOURS as i32)
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(None);
+    }
+    let (stored_hash, response): (Vec<u8>, Json<Published>) = sqlx::query_as(
+        "SELECT request_hash, response FROM idempotency_keys WHERE org_id = $1 AND key = $2",
+    )
+    .bind(org_id)
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
+    if stored_hash != hash {
+        return Err(PublishError::IdempotencyMismatch(key.to_owned()));
+    }
+    Ok(Some(response.0))
+}
+
+/// Event names of `names` that the organization does not know, and the JSON Schemas of those it
+/// does (custom types only).
+pub async fn schemas_for(
+    db: impl PgExecutor<'_>,
+    org_id: Uuid,
+    names: &[String],
+) -> crate::Result<Vec<(String, Option<Value>)>> {
+    Ok(
+        sqlx::query_as("SELECT name, schema FROM event_types WHERE org_id = $1 AND name = ANY($2)")
+            .bind(org_id)
+            .bind(names)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// The in-process publisher for internal Rust services, seed 003's
+/// `trigger_event(org_id, event, data)`: stores the event and fans it out in one transaction,
+/// committed before it returns. The caller validates the event name and data as the API does.
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool, org_id: uuid::Uuid) -> Result<(), Box<dyn std::error::Error>> {
+/// let published = hookrelay_storage::events::trigger_event(
+///     &pool,
+///     org_id,
+///     "user.created",
+///     serde_json::json!({"user_id": 123, "email": "user@example.com"}),
+///     6,
+/// )
+/// .await?;
+/// println!("event {} → {} deliveries", published.id, published.deliveries);
+/// # Ok(()) }
+/// ```
+pub async fn trigger_event(
+    pool: &sqlx::PgPool,
+    org_id: Uuid,
+    event: &str,
+    data: Value,
+    max_attempts: i32,
+) -> Result<Published, PublishError> {
+    let mut tx = pool.begin().await?;
+    let mut published = publish(
+        &mut tx,
+        org_id,
+        &[NewEvent {
+            event: event.to_owned(),
+            data,
+            idempotency_key: None,
+            source_id: None,
+        }],
+        max_attempts,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(published.remove(0))
+}
