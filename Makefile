@@ -12,8 +12,8 @@ run: ## build and start `hookrelay serve` on 127.0.0.1:8080 (private PostgreSQL 
 test: ## provision a throwaway PostgreSQL, then run every test of the workspace
 	@scripts/test.sh
 
-bench: ## the benchmark suite: signer (criterion) now; the service benches arrive with the bench issue
-	cargo bench -p hookrelay-signer --bench sign
+bench: ## benchmarks (release build, private PostgreSQL, built-in receiver): table + target/bench/report.json
+	@scripts/bench.sh
 
 lint: ## formatting and clippy, warnings as errors
 	cargo fmt --all -- --check

@@ -615,7 +615,12 @@ async fn test_send_answers_with_the_outcome_and_records_it() {
 
 #[tokio::test]
 async fn manual_retry_and_recover_send_failed_deliveries_again() {
-    let app = TestApp::spawn_with(&[("HOOKRELAY_RETRY_SCHEDULE", "100ms")]).await;
+    // Six failures in a row would deactivate the webhook (health has its own tests).
+    let app = TestApp::spawn_with(&[
+        ("HOOKRELAY_RETRY_SCHEDULE", "100ms"),
+        ("HOOKRELAY_DISABLE_AFTER_FAILURES", "100"),
+    ])
+    .await;
     let org = app.create_org("acme").await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::status(500));

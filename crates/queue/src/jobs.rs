@@ -130,9 +130,21 @@ pub struct Record {
     pub next: Next,
 }
 
+/// What health tracking needs: when to deactivate, and how many attempts the `webhook.disabled`
+/// event's own deliveries get.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthPolicy {
+    pub disable_after_failures: i32,
+    pub max_attempts: i32,
+}
+
 /// Writes a batch of records in one transaction. Returns how many were accepted (a record from a
 /// worker that lost its lease to a newer attempt is refused by the unique attempt number).
-pub async fn record(pool: &PgPool, records: &[Record]) -> Result<usize, QueueError> {
+pub async fn record(
+    pool: &PgPool,
+    records: &[Record],
+    health: HealthPolicy,
+) -> Result<usize, QueueError> {
     if records.is_empty() {
         return Ok(0);
     }
@@ -253,8 +265,122 @@ pub async fn record(pool: &PgPool, records: &[Record]) -> Result<usize, QueueErr
     .bind(&k_next)
     .execute(&mut *tx)
     .await?;
+    update_health(&mut tx, &kept, health).await?;
     tx.commit().await?;
     Ok(kept.len())
+}
+
+/// Applies the batch's outcomes to each webhook's health, in the order the attempts started: a
+/// success resets `consecutive_failures`, a failure adds one. At the threshold, or at once on 410
+/// Gone, the webhook is deactivated, its queued deliveries are parked (kept, sent after
+/// re-activation) and a `webhook.disabled` event is published to its organization.
+async fn update_health(
+    tx: &mut sqlx::PgConnection,
+    kept: &[&Record],
+    policy: HealthPolicy,
+) -> Result<(), QueueError> {
+    // Per webhook: whether a success was seen, failures since the last success, and a 410.
+    let mut per_webhook: std::collections::HashMap<(Uuid, Uuid), (bool, i32, bool)> =
+        Default::default();
+    let mut ordered: Vec<&&Record> = kept.iter().collect();
+    ordered.sort_by_key(|r| r.started_at);
+    for r in ordered {
+        let entry = per_webhook
+            .entry((r.job.org_id, r.job.webhook_id))
+            .or_default();
+        if r.outcome.succeeded() {
+            *entry = (true, 0, false);
+        } else {
+            entry.1 += 1;
+            entry.2 |= r.outcome.gone();
+        }
+    }
+    let mut orgs = Vec::new();
+    let mut ids = Vec::new();
+    let mut resets = Vec::new();
+    let mut failures = Vec::new();
+    let mut gone = Vec::new();
+    for ((org, id), (reset, fails, is_gone)) in per_webhook {
+        orgs.push(org);
+        ids.push(id);
+        resets.push(reset);
+        failures.push(fails);
+        gone.push(is_gone);
+    }
+    // Two statements: PostgreSQL applies only one change per row in a single statement, so the
+    // count must be committed to the row before the threshold check reads it.
+    let counted: Vec<(Uuid, Uuid, bool, i32, bool)> = sqlx::query_as(
+        "UPDATE webhooks w
+            SET consecutive_failures = CASE WHEN u.reset THEN u.fails ELSE w.consecutive_failures + u.fails END,
+                health_status = CASE
+                    WHEN NOT w.active THEN w.health_status
+                    WHEN (CASE WHEN u.reset THEN u.fails ELSE w.consecutive_failures + u.fails END) = 0 THEN 'healthy'
+                    ELSE 'degraded' END
+           FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::int[], $5::bool[]) AS u(org_id, id, reset, fails, gone)
+          WHERE w.org_id = u.org_id AND w.id = u.id
+      RETURNING w.org_id, w.id, w.active, w.consecutive_failures, u.gone",
+    )
+    .bind(&orgs)
+    .bind(&ids)
+    .bind(&resets)
+    .bind(&failures)
+    .bind(&gone)
+    .fetch_all(&mut *tx)
+    .await?;
+    let tripped: Vec<(Uuid, Uuid, bool)> = counted
+        .into_iter()
+        .filter(|(_, _, active, fails, gone)| {
+            *active && (*gone || *fails >= policy.disable_after_failures)
+        })
+        .map(|(org, id, _, _, gone)| (org, id, gone))
+        .collect();
+    if tripped.is_empty() {
+        return Ok(());
+    }
+    let (t_orgs, t_ids, t_gone): (Vec<Uuid>, Vec<Uuid>, Vec<bool>) =
+        tripped
+            .into_iter()
+            .fold((vec![], vec![], vec![]), |mut acc, (o, i, g)| {
+                acc.0.push(o);
+                acc.1.push(i);
+                acc.2.push(g);
+                acc
+            });
+    let disabled: Vec<(Uuid, Uuid, String, i32, String)> = sqlx::query_as(
+        "UPDATE webhooks w
+            SET active = false, health_status = 'unhealthy',
+                disabled_reason = CASE WHEN u.gone THEN 'the endpoint answered 410 Gone'
+                                       ELSE format('%s consecutive failed attempts', w.consecutive_failures) END
+           FROM unnest($1::uuid[], $2::uuid[], $3::bool[]) AS u(org_id, id, gone)
+          WHERE w.org_id = u.org_id AND w.id = u.id AND w.active
+      RETURNING w.org_id, w.id, w.url, w.consecutive_failures, w.disabled_reason",
+    )
+    .bind(&t_orgs)
+    .bind(&t_ids)
+    .bind(&t_gone)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (org_id, webhook_id, url, failures, reason) in disabled {
+        tracing::warn!(%org_id, %webhook_id, failures, reason, "webhook deactivated");
+        sqlx::query("UPDATE delivery_jobs SET state = 'parked' WHERE org_id = $1 AND webhook_id = $2 AND state = 'available'")
+            .bind(org_id)
+            .bind(webhook_id)
+            .execute(&mut *tx)
+            .await?;
+        let event = hookrelay_storage::events::NewEvent {
+            event: "webhook.disabled".into(),
+            data: serde_json::json!({
+                "webhook_id": webhook_id,
+                "url": url,
+                "reason": reason,
+                "consecutive_failures": failures,
+            }),
+            idempotency_key: None,
+            source_id: None,
+        };
+        hookrelay_storage::events::publish(&mut *tx, org_id, &[event], policy.max_attempts).await?;
+    }
+    Ok(())
 }
 
 /// Due work waiting and how late the oldest of it is, for `/metrics`.

@@ -21,6 +21,21 @@ use tokio::task::JoinSet;
 pub enum QueueError {
     #[error(transparent)]
     Storage(#[from] hookrelay_storage::StorageError),
+    #[error(transparent)]
+    Publish(#[from] hookrelay_storage::events::PublishError),
+}
+
+impl QueueError {
+    /// True when trying again later may succeed (the database is down, restarting or saturated).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Storage(e)
+            | Self::Publish(hookrelay_storage::events::PublishError::Storage(e)) => {
+                e.is_transient()
+            }
+            Self::Publish(_) => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for QueueError {
@@ -49,6 +64,17 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     /// How long shutdown waits for attempts in flight.
     pub shutdown_grace: Duration,
+    /// Consecutive failed attempts before a webhook is deactivated.
+    pub disable_after_failures: i32,
+}
+
+impl WorkerSettings {
+    pub fn health_policy(&self) -> jobs::HealthPolicy {
+        jobs::HealthPolicy {
+            disable_after_failures: self.disable_after_failures,
+            max_attempts: retry::max_attempts(&self.retry_schedule),
+        }
+    }
 }
 
 impl Default for WorkerSettings {
@@ -64,6 +90,7 @@ impl Default for WorkerSettings {
             claim_batch: 50,
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(35),
+            disable_after_failures: 5,
         }
     }
 }
@@ -138,7 +165,12 @@ pub async fn attempt_now(
         worker_id: "api-test".into(),
     };
     let record = worker::send(&context, work).await;
-    jobs::record(pool, std::slice::from_ref(&record)).await?;
+    jobs::record(
+        pool,
+        std::slice::from_ref(&record),
+        settings.health_policy(),
+    )
+    .await?;
     Ok(record)
 }
 

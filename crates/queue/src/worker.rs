@@ -17,7 +17,7 @@ use crate::deliver::{self, Request};
 use crate::jobs::{self, Next, Record, Work};
 use crate::metrics::QueueMetrics;
 use crate::retry::{next_delay, random_jitter};
-use crate::{QueueError, WorkerSettings, sleep_or_stop};
+use crate::{WorkerSettings, sleep_or_stop};
 
 /// Records buffered between senders and the recorder; a full buffer slows sending down.
 const RECORD_BUFFER: usize = 4096;
@@ -230,7 +230,7 @@ async fn record_loop(ctx: Arc<Context>, mut inbox: mpsc::Receiver<Record>) {
         }
         let mut backoff = Duration::from_millis(100);
         loop {
-            match jobs::record(&ctx.pool, &batch).await {
+            match jobs::record(&ctx.pool, &batch, ctx.settings.health_policy()).await {
                 Ok(accepted) => {
                     if accepted < batch.len() {
                         tracing::warn!(
@@ -240,7 +240,7 @@ async fn record_loop(ctx: Arc<Context>, mut inbox: mpsc::Receiver<Record>) {
                     }
                     break;
                 }
-                Err(QueueError::Storage(err)) if err.is_transient() => {
+                Err(err) if err.is_transient() => {
                     // Keep the batch: the database is restarting or saturated.
                     tracing::warn!(error = %err, "recording outcomes failed; retrying");
                     tokio::time::sleep(backoff).await;
