@@ -101,15 +101,21 @@ if [ ! -f "$dir/PG_VERSION" ]; then
     || as_owner "$bin_dir/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 >&2
 fi
 
-opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=300"
-if [ "$durable" = 0 ]; then
-  opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-else
-  opts="$opts -c shared_buffers=256MB"
-fi
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-if ! as_owner "$bin_dir/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+if as_owner "$bin_dir/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+  # Already running: reuse the port it was started on.
+  port="$(sed -n 4p "$dir/postmaster.pid")"
+else
+  # Another cluster (another checkout, CI's clone) may hold the default port: take the next free one.
+  while port_busy "$port"; do port=$((port + 1)); done
   log "starting PostgreSQL on 127.0.0.1:$port ($dir)"
+  opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=300"
+  if [ "$durable" = 0 ]; then
+    opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  else
+    opts="$opts -c shared_buffers=256MB"
+  fi
   as_owner "$bin_dir/pg_ctl" -D "$dir" -l "$dir/server.log" -o "$opts" -w -t 60 start >/dev/null \
     || { log "PostgreSQL did not start; see $dir/server.log"; tail -20 "$dir/server.log" >&2; exit 1; }
 fi

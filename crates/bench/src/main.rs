@@ -119,12 +119,53 @@ async fn count_sent(pool: &PgPool) -> i64 {
         .unwrap_or(0)
 }
 
+/// Flushes dirty pages so one phase's writes do not stall the next one's commits.
+async fn checkpoint(pool: &PgPool) {
+    let _ = sqlx::query("CHECKPOINT").execute(pool).await;
+    let _ = sqlx::query("VACUUM ANALYZE delivery_jobs")
+        .execute(pool)
+        .await;
+}
+
+/// Tops the queue up to `target` due deliveries of the bench webhook, written directly (fast).
+async fn fill_backlog(pool: &PgPool, org_id: Uuid, target: i64) -> anyhow::Result<()> {
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_jobs")
+        .fetch_one(pool)
+        .await?;
+    let missing = (target - have).max(0);
+    if missing == 0 {
+        return Ok(());
+    }
+    let payload = sqlx::types::Json(
+        json!({"id": Uuid::now_v7(), "event": "device.online", "data": sample_data(0)}),
+    );
+    sqlx::query(
+        "WITH w AS (SELECT id FROM webhooks WHERE org_id = $1 LIMIT 1),
+              d AS (INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, payload)
+                    SELECT gen_random_uuid(), $1, w.id, 'device.online', $3 FROM w, generate_series(1, $2)
+                    RETURNING id, webhook_id)
+         INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, max_attempts)
+         SELECT id, $1, webhook_id, 6 FROM d",
+    )
+    .bind(org_id)
+    .bind(missing)
+    .bind(payload)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10.0);
+    // BENCH_PHASES=latency,publish,batch,delivery (default all, latency first: on a quiet
+    // database, so the bulk phases' checkpoints do not land in its tail).
+    let phases =
+        std::env::var("BENCH_PHASES").unwrap_or_else(|_| "latency,publish,batch,delivery".into());
+    let run = |phase: &str| phases.split(',').any(|p| p.trim() == phase);
     let base = std::env::var("DATABASE_URL").context("DATABASE_URL (make bench provides one)")?;
     let admin = PgPool::connect(&base).await?;
     let db = format!("hookrelay_bench_{}", std::process::id());
@@ -192,6 +233,85 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut report = serde_json::Map::new();
 
+    let worker_roles = Roles {
+        api: false,
+        workers: true,
+        migrate: false,
+    };
+    // ---- end-to-end latency at a fixed 200 events/s ----
+    if run("latency") {
+        let workers = hookrelay::build(&config, None, worker_roles).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rx.arrivals.lock().unwrap().clear();
+        let sent_at: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+        let mut ticker = tokio::time::interval(Duration::from_millis(5));
+        let total = (200.0 * seconds) as u64;
+        let mut pending = Vec::new();
+        for i in 0..total {
+            ticker.tick().await;
+            let (http, base, token, sent_at) = (
+                http.clone(),
+                api_base.clone(),
+                token.clone(),
+                sent_at.clone(),
+            );
+            pending.push(tokio::spawn(async move {
+                let t0 = Instant::now();
+                let r = http
+                    .post(format!("{base}/api/v1/events"))
+                    .bearer_auth(token.as_str())
+                    .json(&json!({"event": "device.online", "data": sample_data(i)}))
+                    .send()
+                    .await
+                    .ok()?;
+                let body: Value = r.json().await.ok()?;
+                let id: Uuid = body["id"].as_str()?.parse().ok()?;
+                sent_at.lock().unwrap().insert(id, t0);
+                Some(())
+            }));
+        }
+        for p in pending {
+            let _ = p.await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        workers.stop().await;
+        let mut latencies: Vec<Duration> = {
+            let arrivals = rx.arrivals.lock().unwrap();
+            sent_at
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|(id, t0)| arrivals.get(id).map(|t1| t1.saturating_duration_since(*t0)))
+                .collect()
+        };
+        latencies.sort();
+        let (p50, p95, p99) = (
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.95),
+            percentile(&latencies, 0.99),
+        );
+        rows.push(Row {
+            name: "e2e latency at 200 ev/s, p50 (ms)",
+            value: p50,
+            unit: "ms",
+            ceiling: None,
+        });
+        rows.push(Row {
+            name: "e2e latency at 200 ev/s, p95 (ms)",
+            value: p95,
+            unit: "ms",
+            ceiling: None,
+        });
+        rows.push(Row {
+            name: "e2e latency at 200 ev/s, p99 (ms)",
+            value: p99,
+            unit: "ms",
+            ceiling: None,
+        });
+        report.insert("latency_200eps".into(), json!({"p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "events": total, "delivered": latencies.len()}));
+    }
+    checkpoint(&pool).await;
+
     // ---- publish, one event per request, against raw single-row INSERTs ----
     sqlx::query("CREATE UNLOGGED TABLE IF NOT EXISTS bench_raw (id uuid, org_id uuid, data jsonb)")
         .execute(&pool)
@@ -199,7 +319,7 @@ async fn main() -> anyhow::Result<()> {
     sqlx::query("ALTER TABLE bench_raw SET LOGGED")
         .execute(&pool)
         .await?;
-    for concurrency in [8usize, 32] {
+    for concurrency in [8usize, 32].into_iter().filter(|_| run("publish")) {
         let (http2, base2, token2) = (http.clone(), api_base.clone(), token.clone());
         let (n, lat) = timed(concurrency, seconds, move |i| {
             let (http, base, token) = (http2.clone(), base2.clone(), token2.clone());
@@ -243,8 +363,9 @@ async fn main() -> anyhow::Result<()> {
         report.insert(format!("publish_c{concurrency}"), json!({"events_per_s": rate, "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99), "ceiling_inserts_per_s": ceiling}));
     }
 
+    checkpoint(&pool).await;
     // ---- batch publish, 100 per request, against raw 100-row transactions ----
-    {
+    if run("batch") {
         let (http2, base2, token2) = (http.clone(), api_base.clone(), token.clone());
         let (n, _) = timed(8, seconds, move |i| {
             let (http, base, token) = (http2.clone(), base2.clone(), token2.clone());
@@ -291,46 +412,51 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    // ---- delivery: drain the backlog the publish phases left, fan-out 1 ----
-    let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_jobs")
-        .fetch_one(&pool)
-        .await?;
-    let sent_before = count_sent(&pool).await;
-    let worker_roles = Roles {
-        api: false,
-        workers: true,
-        migrate: false,
-    };
-    let started = Instant::now();
-    let workers = hookrelay::build(&config, None, worker_roles).await?;
-    let drain_window = Duration::from_secs_f64(seconds.max(20.0));
-    while started.elapsed() < drain_window && count_sent(&pool).await - sent_before < backlog {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let delivered = count_sent(&pool).await - sent_before;
-    let delivery_rate = delivered as f64 / started.elapsed().as_secs_f64();
-    workers.stop().await;
-    // Ceiling 1: the receiver's own ceiling, posting straight to it.
-    let (http2, rurl) = (http.clone(), receiver_url.clone());
-    let (posted, _) = timed(64, seconds, move |i| {
-        let (http, url) = (http2.clone(), rurl.clone());
-        async move {
-            http.post(&url)
-                .json(&json!({"id": Uuid::now_v7(), "data": sample_data(i)}))
-                .send()
-                .await?;
-            Ok(())
+    checkpoint(&pool).await;
+    // ---- delivery: drain a backlog of its own, fan-out 1 ----
+    if run("delivery") {
+        let target_backlog: i64 = std::env::var("BENCH_BACKLOG")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60_000);
+        fill_backlog(&pool, org.id, target_backlog).await?;
+        checkpoint(&pool).await;
+        let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_jobs")
+            .fetch_one(&pool)
+            .await?;
+        let sent_before = count_sent(&pool).await;
+        let started = Instant::now();
+        let workers = hookrelay::build(&config, None, worker_roles).await?;
+        let drain_window = Duration::from_secs_f64(seconds.max(20.0));
+        while started.elapsed() < drain_window && count_sent(&pool).await - sent_before < backlog {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    })
-    .await;
-    let receiver_ceiling = posted as f64 / seconds;
-    // Ceiling 2: a bare claim → record loop on the same tables (50 per claim, as the worker).
-    let remaining: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_jobs")
-        .fetch_one(&pool)
-        .await?;
-    let pool2 = pool.clone();
-    let loop_started = Instant::now();
-    let (loops, _) = timed(4, seconds, move |_| {
+        let delivered = count_sent(&pool).await - sent_before;
+        let delivery_rate = delivered as f64 / started.elapsed().as_secs_f64();
+        workers.stop().await;
+        // Ceiling 1: the receiver's own ceiling, posting straight to it.
+        let (http2, rurl) = (http.clone(), receiver_url.clone());
+        let (posted, _) = timed(64, seconds, move |i| {
+            let (http, url) = (http2.clone(), rurl.clone());
+            async move {
+                http.post(&url)
+                    .json(&json!({"id": Uuid::now_v7(), "data": sample_data(i)}))
+                    .send()
+                    .await?;
+                Ok(())
+            }
+        })
+        .await;
+        let receiver_ceiling = posted as f64 / seconds;
+        // Ceiling 2: a bare claim → record loop on the same tables (50 per claim, as the worker).
+        fill_backlog(&pool, org.id, target_backlog).await?;
+        checkpoint(&pool).await;
+        let remaining: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_jobs")
+            .fetch_one(&pool)
+            .await?;
+        let pool2 = pool.clone();
+        let loop_started = Instant::now();
+        let (loops, _) = timed(4, seconds, move |_| {
         let pool = pool2.clone();
         async move {
             let mut tx = pool.begin().await?;
@@ -361,99 +487,26 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await;
-    let _ = loops;
-    let looped: i64 = remaining
-        - sqlx::query_scalar::<_, i64>("SELECT count(*) FROM delivery_jobs")
-            .fetch_one(&pool)
-            .await?;
-    let loop_ceiling = looped as f64 / loop_started.elapsed().as_secs_f64();
-    rows.push(Row {
-        name: "delivery fan-out 1 (deliveries/s)",
-        value: delivery_rate,
-        unit: "del/s",
-        ceiling: Some((loop_ceiling, "raw claim→record loop, jobs/s")),
-    });
-    rows.push(Row {
-        name: "  … same, vs the receiver's ceiling",
-        value: delivery_rate,
-        unit: "del/s",
-        ceiling: Some((receiver_ceiling, "direct POSTs to the receiver/s")),
-    });
-    report.insert("delivery".into(), json!({"deliveries_per_s": delivery_rate, "drained": delivered, "backlog": backlog, "ceiling_claim_record_loop_per_s": loop_ceiling, "receiver_ceiling_per_s": receiver_ceiling, "claim_loop_note": if remaining < 5000 { "backlog too small for a full window" } else { "" }}));
-
-    // ---- end-to-end latency at a fixed 200 events/s ----
-    sqlx::query("DELETE FROM delivery_jobs")
-        .execute(&pool)
-        .await?;
-    let workers = hookrelay::build(&config, None, worker_roles).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    rx.arrivals.lock().unwrap().clear();
-    let sent_at: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
-    let mut ticker = tokio::time::interval(Duration::from_millis(5));
-    let total = (200.0 * seconds) as u64;
-    let mut pending = Vec::new();
-    for i in 0..total {
-        ticker.tick().await;
-        let (http, base, token, sent_at) = (
-            http.clone(),
-            api_base.clone(),
-            token.clone(),
-            sent_at.clone(),
-        );
-        pending.push(tokio::spawn(async move {
-            let t0 = Instant::now();
-            let r = http
-                .post(format!("{base}/api/v1/events"))
-                .bearer_auth(token.as_str())
-                .json(&json!({"event": "device.online", "data": sample_data(i)}))
-                .send()
-                .await
-                .ok()?;
-            let body: Value = r.json().await.ok()?;
-            let id: Uuid = body["id"].as_str()?.parse().ok()?;
-            sent_at.lock().unwrap().insert(id, t0);
-            Some(())
-        }));
+        let _ = loops;
+        let looped: i64 = remaining
+            - sqlx::query_scalar::<_, i64>("SELECT count(*) FROM delivery_jobs")
+                .fetch_one(&pool)
+                .await?;
+        let loop_ceiling = looped as f64 / loop_started.elapsed().as_secs_f64();
+        rows.push(Row {
+            name: "delivery fan-out 1 (deliveries/s)",
+            value: delivery_rate,
+            unit: "del/s",
+            ceiling: Some((loop_ceiling, "raw claim→record loop, jobs/s")),
+        });
+        rows.push(Row {
+            name: "  … same, vs the receiver's ceiling",
+            value: delivery_rate,
+            unit: "del/s",
+            ceiling: Some((receiver_ceiling, "direct POSTs to the receiver/s")),
+        });
+        report.insert("delivery".into(), json!({"deliveries_per_s": delivery_rate, "drained": delivered, "backlog": backlog, "ceiling_claim_record_loop_per_s": loop_ceiling, "receiver_ceiling_per_s": receiver_ceiling}));
     }
-    for p in pending {
-        let _ = p.await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    workers.stop().await;
-    let mut latencies: Vec<Duration> = {
-        let arrivals = rx.arrivals.lock().unwrap();
-        sent_at
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(id, t0)| arrivals.get(id).map(|t1| t1.saturating_duration_since(*t0)))
-            .collect()
-    };
-    latencies.sort();
-    let (p50, p95, p99) = (
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.95),
-        percentile(&latencies, 0.99),
-    );
-    rows.push(Row {
-        name: "e2e latency at 200 ev/s, p50 (ms)",
-        value: p50,
-        unit: "ms",
-        ceiling: None,
-    });
-    rows.push(Row {
-        name: "e2e latency at 200 ev/s, p95 (ms)",
-        value: p95,
-        unit: "ms",
-        ceiling: None,
-    });
-    rows.push(Row {
-        name: "e2e latency at 200 ev/s, p99 (ms)",
-        value: p99,
-        unit: "ms",
-        ceiling: None,
-    });
-    report.insert("latency_200eps".into(), json!({"p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "events": total, "delivered": latencies.len()}));
 
     api.stop().await;
     pool.close().await;

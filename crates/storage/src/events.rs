@@ -80,8 +80,9 @@ impl From<sqlx::Error> for PublishError {
     }
 }
 
-/// Stores and fans out `events` inside the caller's transaction; returns one answer per event,
-/// in order. Events whose idempotency key was seen in the last 24 h create nothing and answer
+/// Stores and fans out `events` on the caller's connection; returns one answer per event, in
+/// order. Without idempotency keys this is one atomic statement; with them, call it inside a
+/// transaction so the keys commit with the events. Events whose idempotency key was seen in the last 24 h create nothing and answer
 /// as they did the first time.
 pub async fn publish(
     conn: &mut PgConnection,
@@ -122,8 +123,8 @@ pub async fn publish(
     let now = Utc::now();
     let (mut ev_ids, mut ev_names, mut ev_data, mut ev_keys, mut ev_sources) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let (mut d_ids, mut d_webhooks, mut d_events, mut d_event_ids, mut d_payloads, mut d_states) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut d_ids, mut d_webhooks, mut d_event_ids, mut d_states) =
+        (vec![], vec![], vec![], vec![]);
     for &(i, id) in &fresh {
         let event = &events[i];
         ev_ids.push(id);
@@ -138,9 +139,7 @@ pub async fn publish(
             {
                 d_ids.push(Uuid::now_v7());
                 d_webhooks.push(route.id);
-                d_events.push(event.event.clone());
                 d_event_ids.push(id);
-                d_payloads.push(Json(envelope(id, &event.event, now, &event.data, route.id)));
                 d_states.push(if route.active { "available" } else { "parked" });
                 count += 1;
             }
@@ -151,36 +150,15 @@ pub async fn publish(
         });
     }
 
-    sqlx::query(
-        "INSERT INTO events (id, org_id, event, data, idempotency_key, source_id, created_at)
-         SELECT id, $1, event, data, key, source, $7
-           FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::uuid[]) AS t(id, event, data, key, source)",
+    insert_all(
+        &mut *conn,
+        org_id,
+        max_attempts,
+        now,
+        (&ev_ids, &ev_names, &ev_data, &ev_keys, &ev_sources),
+        (&d_ids, &d_webhooks, &d_event_ids, &d_states),
     )
-    .bind(org_id)
-    .bind(&ev_ids)
-    .bind(&ev_names)
-    .bind(&ev_data)
-    .bind(&ev_keys)
-    .bind(&ev_sources)
-    .bind(now)
-    .execute(&mut *conn)
     .await?;
-
-    if !d_ids.is_empty() {
-        insert_deliveries(
-            &mut *conn,
-            org_id,
-            &d_ids,
-            &d_webhooks,
-            &d_events,
-            &d_event_ids,
-            &d_payloads,
-            &d_states,
-            max_attempts,
-            now,
-        )
-        .await?;
-    }
 
     for (i, _) in &fresh {
         if let Some(key) = &events[*i].idempotency_key {
@@ -199,52 +177,65 @@ pub async fn publish(
         .collect())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn insert_deliveries(
+type EventColumns<'a> = (
+    &'a [Uuid],
+    &'a [String],
+    &'a [Json<Value>],
+    &'a [Option<String>],
+    &'a [Option<Uuid>],
+);
+type DeliveryColumns<'a> = (&'a [Uuid], &'a [Uuid], &'a [Uuid], &'a [&'a str]);
+
+/// Events, their deliveries and queue entries, and the workers' wake-up, in one statement: one
+/// round trip, atomic on its own (so a publish without idempotency keys needs no transaction).
+/// Each delivery's envelope is built by PostgreSQL from its event, so the data crosses the
+/// wire once however wide the fan-out.
+async fn insert_all(
     conn: &mut PgConnection,
     org_id: Uuid,
-    ids: &[Uuid],
-    webhooks: &[Uuid],
-    events: &[String],
-    event_ids: &[Uuid],
-    payloads: &[Json<Value>],
-    states: &[&str],
     max_attempts: i32,
     now: DateTime<Utc>,
+    (ev_ids, ev_names, ev_data, ev_keys, ev_sources): EventColumns<'_>,
+    (d_ids, d_webhooks, d_event_ids, d_states): DeliveryColumns<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, event_id, payload, status, created_at)
-         SELECT id, $1, webhook, event, event_id, payload, 'pending', $7
-           FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::jsonb[]) AS t(id, webhook, event, event_id, payload)",
+        "WITH ev AS (
+             INSERT INTO events (id, org_id, event, data, idempotency_key, source_id, created_at)
+             SELECT id, $1, event, data, key, source, $7
+               FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::uuid[]) AS t(id, event, data, key, source)
+             RETURNING id, event, data),
+         dl AS (
+             INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, event_id, payload, status, created_at)
+             SELECT t.id, $1, t.webhook, ev.event, ev.id,
+                    jsonb_build_object('id', ev.id, 'event', ev.event, 'timestamp', $8::text,
+                                       'data', ev.data, 'webhook_id', t.webhook),
+                    'pending', $7
+               FROM unnest($9::uuid[], $10::uuid[], $11::uuid[]) AS t(id, webhook, event_id)
+               JOIN ev ON ev.id = t.event_id
+             RETURNING id),
+         jb AS (
+             INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, max_attempts, scheduled_at, created_at)
+             SELECT id, $1, webhook, state, $13, $7, $7
+               FROM unnest($9::uuid[], $10::uuid[], $12::text[]) AS t(id, webhook, state)
+             RETURNING state)
+         SELECT pg_notify($14, '') FROM (SELECT 1 FROM jb WHERE state = 'available' LIMIT 1) AS due",
     )
     .bind(org_id)
-    .bind(ids)
-    .bind(webhooks)
-    .bind(events)
-    .bind(event_ids)
-    .bind(payloads)
+    .bind(ev_ids)
+    .bind(ev_names)
+    .bind(ev_data)
+    .bind(ev_keys)
+    .bind(ev_sources)
     .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, max_attempts, scheduled_at, created_at)
-         SELECT id, $1, webhook, state, $5, $6, $6
-           FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS t(id, webhook, state)",
-    )
-    .bind(org_id)
-    .bind(ids)
-    .bind(webhooks)
-    .bind(states)
+    .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    .bind(d_ids)
+    .bind(d_webhooks)
+    .bind(d_event_ids)
+    .bind(d_states)
     .bind(max_attempts)
-    .bind(now)
+    .bind(JOBS_CHANNEL)
     .execute(&mut *conn)
     .await?;
-    if states.contains(&"available") {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(JOBS_CHANNEL)
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(())
 }
 
@@ -335,9 +326,9 @@ pub async fn trigger_event(
     data: Value,
     max_attempts: i32,
 ) -> Result<Published, PublishError> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
     let mut published = publish(
-        &mut tx,
+        &mut conn,
         org_id,
         &[NewEvent {
             event: event.to_owned(),
@@ -348,6 +339,5 @@ pub async fn trigger_event(
         max_attempts,
     )
     .await?;
-    tx.commit().await?;
     Ok(published.remove(0))
 }

@@ -29,7 +29,8 @@ pub fn connect(database_url: &str, options: &PoolOptions) -> crate::Result<PgPoo
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         // Connections that outlived a server restart fail their first query; testing them on
-        // checkout costs one round trip and keeps that failure away from requests.
+        // checkout costs a round trip but keeps that failure away from requests. (Turning it off
+        // made the delivery loop 4x slower in make bench with sqlx 0.9: 869 vs 3547 del/s.)
         .test_before_acquire(true)
         .connect_lazy(database_url)?)
 }

@@ -93,10 +93,16 @@ async fn validate(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let custom: HashMap<String, Option<Value>> = events::schemas_for(&state.pool, org_id, &names)
-        .await?
-        .into_iter()
-        .collect();
+    let custom: HashMap<String, Option<Value>> =
+        if names.iter().all(|n| catalog::built_in(n).is_some()) {
+            // Built-in types carry no schema: no query needed for the common case.
+            HashMap::new()
+        } else {
+            events::schemas_for(&state.pool, org_id, &names)
+                .await?
+                .into_iter()
+                .collect()
+        };
     let mut validators: HashMap<&str, jsonschema::Validator> = HashMap::new();
     for (name, schema) in &custom {
         if let Some(schema) = schema
@@ -173,21 +179,30 @@ async fn validate(
 }
 
 async fn store(state: &ApiState, org_id: Uuid, events: Vec<NewEvent>) -> ApiResult<Vec<Published>> {
+    let map_error = |e| match e {
+        PublishError::IdempotencyMismatch(key) => ApiError::Unprocessable {
+            detail: format!(
+                "the idempotency key {key:?} was used for a different request in the last 24 h"
+            ),
+            errors: vec![FieldError::new(
+                "idempotency_key",
+                "reused with a different request",
+            )],
+        },
+        PublishError::Storage(e) => e.into(),
+    };
+    // Without idempotency keys the publish is a single atomic statement; with them, the key and
+    // the events must commit together.
+    if events.iter().all(|e| e.idempotency_key.is_none()) {
+        let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+        return events::publish(&mut conn, org_id, &events, state.max_attempts)
+            .await
+            .map_err(map_error);
+    }
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     let published = events::publish(&mut tx, org_id, &events, state.max_attempts)
         .await
-        .map_err(|e| match e {
-            PublishError::IdempotencyMismatch(key) => ApiError::Unprocessable {
-                detail: format!(
-                    "the idempotency key {key:?} was used for a different request in the last 24 h"
-                ),
-                errors: vec![FieldError::new(
-                    "idempotency_key",
-                    "reused with a different request",
-                )],
-            },
-            PublishError::Storage(e) => e.into(),
-        })?;
+        .map_err(map_error)?;
     tx.commit().await.map_err(StorageError::from)?;
     Ok(published)
 }
