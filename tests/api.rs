@@ -1161,3 +1161,170 @@ async fn nul_characters_are_refused_not_500() {
     assert_eq!(status, 201);
     app.stop().await;
 }
+
+/// Every route that takes a body, × malformed JSON, a wrong type, an unknown field and an
+/// oversize body: each a clear 4xx problem, never a 5xx, and nothing written.
+#[tokio::test]
+async fn every_body_taking_route_refuses_bad_input() {
+    let app = TestApp::spawn_with(&[("HOOKRELAY_MAX_BODY", "8KiB")]).await;
+    let org = app.create_org("acme").await;
+    let hook = app
+        .create_webhook(
+            &org,
+            json!({"url": "https://example.com/h", "events": ["*"]}),
+        )
+        .await;
+    let id = hook["id"].as_str().unwrap().to_owned();
+    let (_, check) = status_json(
+        app.req(Method::GET, "/api/v1/keys/check", &org.token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let key_id = check["key_id"].as_str().unwrap().to_owned();
+    // (method, path, token, a body with a wrong-typed field, its field name)
+    let routes: Vec<(Method, String, &str, serde_json::Value, &str)> = vec![
+        (
+            Method::POST,
+            "/api/v1/admin/organizations".into(),
+            ADMIN_TOKEN,
+            json!({"name": 5}),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/api/v1/keys".into(),
+            &org.token,
+            json!({"name": "k", "scopes": "all"}),
+            "scopes",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/keys/{key_id}"),
+            &org.token,
+            json!({"name": []}),
+            "name",
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/organization".into(),
+            &org.token,
+            json!({"name": {}}),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/api/v1/event-types".into(),
+            &org.token,
+            json!({"name": "a.b", "batchable": "yes"}),
+            "batchable",
+        ),
+        (
+            Method::POST,
+            "/api/v1/webhooks".into(),
+            &org.token,
+            json!({"url": "https://example.com", "events": [1]}),
+            "events[0]",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/webhooks/{id}"),
+            &org.token,
+            json!({"max_batch_size": "10"}),
+            "max_batch_size",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/webhooks/{id}/rotate-secret"),
+            &org.token,
+            json!({"grace_period_seconds": "1h"}),
+            "grace_period_seconds",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/webhooks/{id}/recover"),
+            &org.token,
+            json!({"since": 17}),
+            "since",
+        ),
+        (
+            Method::POST,
+            "/api/v1/events".into(),
+            &org.token,
+            json!({"event": "user.created", "data": {}, "idempotency_key": 9}),
+            "idempotency_key",
+        ),
+        (
+            Method::POST,
+            "/api/v1/events/batch".into(),
+            &org.token,
+            json!({"events": [{"event": 1, "data": {}}]}),
+            "events[0].event",
+        ),
+    ];
+    let before = table_counts(&app).await;
+    for (method, path, token, wrong_type, field) in routes {
+        let send = |body: Vec<u8>| {
+            app.req(method.clone(), &path, token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            ("malformed", b"{\"name\": ".to_vec(), 400),
+            ("wrong type", wrong_type.to_string().into_bytes(), 400),
+            (
+                "unknown field",
+                json!({"surprise": true}).to_string().into_bytes(),
+                400,
+            ),
+            (
+                "oversize",
+                format!("{{\"name\": \"{}\"}}", "x".repeat(9000)).into_bytes(),
+                413,
+            ),
+        ];
+        for (label, body, expected) in cases {
+            let (status, problem) = status_json(send(body).await.unwrap()).await;
+            assert_eq!(status, expected, "{method} {path} {label}: {problem}");
+            assert_eq!(
+                problem["status"], expected,
+                "{method} {path} {label}: problem+json body"
+            );
+            if label == "wrong type" {
+                assert_eq!(
+                    problem["errors"][0]["field"], field,
+                    "{method} {path}: {problem}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        table_counts(&app).await,
+        before,
+        "no bad request wrote anything"
+    );
+    app.stop().await;
+}
+
+async fn table_counts(app: &TestApp) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in [
+        "organizations",
+        "api_keys",
+        "event_types",
+        "webhooks",
+        "events",
+        "webhook_deliveries",
+        "delivery_jobs",
+    ] {
+        counts.push(
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap(),
+        );
+    }
+    counts
+}
