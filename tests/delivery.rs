@@ -10,17 +10,6 @@ use std::time::Duration;
 
 const FAST_RETRIES: &[(&str, &str)] = &[("HOOKRELAY_RETRY_SCHEDULE", "300ms,300ms,300ms")];
 
-async fn publish(app: &TestApp, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    status_json(
-        app.req(Method::POST, "/api/v1/events", token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn published_event_arrives_signed_in_both_schemes() {
     let app = TestApp::spawn().await;
@@ -34,12 +23,12 @@ async fn published_event_arrives_signed_in_both_schemes() {
         .await;
     let secret = Secret::parse(hook["secret"].as_str().unwrap()).unwrap();
 
-    let (status, published) = publish(
-        &app,
-        &org.token,
-        json!({"event": "device.online", "data": {"device_id": "d-1"}}),
-    )
-    .await;
+    let (status, published) = app
+        .publish(
+            &org.token,
+            json!({"event": "device.online", "data": {"device_id": "d-1"}}),
+        )
+        .await;
     assert_eq!(status, 202, "{published}");
     assert_eq!(published["deliveries"], 1);
     let hits = rx.wait_for(1, Duration::from_secs(10)).await;
@@ -161,7 +150,7 @@ async fn fan_out_follows_subscriptions_filters_and_activity() {
         (json!({"event": "invoice.paid", "data": {}}), 1),
     ];
     for (body, expected) in cases {
-        let (status, answer) = publish(&app, &org.token, body.clone()).await;
+        let (status, answer) = app.publish(&org.token, body.clone()).await;
         assert_eq!(
             (status, answer["deliveries"].as_i64()),
             (202, Some(expected)),
@@ -183,12 +172,9 @@ async fn fan_out_follows_subscriptions_filters_and_activity() {
     assert_eq!(foreign.hits().len(), 0);
 
     // A publish that matches nothing is stored and answered with 0.
-    let (status, answer) = publish(
-        &app,
-        &other.token,
-        json!({"event": "alert.resolved", "data": {}}),
-    )
-    .await;
+    let (status, answer) = app
+        .publish(&other.token, json!({"event": "alert.resolved", "data": {}}))
+        .await;
     assert_eq!(status, 202);
     assert_eq!(foreign.wait_for(1, Duration::from_secs(10)).await.len(), 1);
     let _ = answer;
@@ -227,8 +213,7 @@ async fn retries_until_success_then_records_every_attempt() {
     rx.script([Reply::status(500), Reply::status(500)]);
     app.create_webhook(&org, json!({"url": rx.url, "events": ["*"]}))
         .await;
-    publish(
-        &app,
+    app.publish(
         &org.token,
         json!({"event": "user.created", "data": {"id": 7}}),
     )
@@ -299,19 +284,14 @@ async fn exhausted_retries_fail_and_ops_sql_sees_it() {
     app.create_webhook(&org, json!({"url": bad.url, "events": ["payment.failed"]}))
         .await;
     for i in 0..3 {
-        publish(
-            &app,
+        app.publish(
             &org.token,
             json!({"event": "user.created", "data": {"i": i}}),
         )
         .await;
     }
-    publish(
-        &app,
-        &org.token,
-        json!({"event": "payment.failed", "data": {}}),
-    )
-    .await;
+    app.publish(&org.token, json!({"event": "payment.failed", "data": {}}))
+        .await;
     assert!(
         eventually(Duration::from_secs(15), || async {
             let s = delivery_statuses(&app.db.pool).await;
@@ -377,12 +357,8 @@ async fn retry_after_is_honoured_within_the_schedule() {
     rx.script([Reply::retry_after(429, "2")]);
     app.create_webhook(&org, json!({"url": rx.url, "events": ["*"]}))
         .await;
-    publish(
-        &app,
-        &org.token,
-        json!({"event": "user.created", "data": {}}),
-    )
-    .await;
+    app.publish(&org.token, json!({"event": "user.created", "data": {}}))
+        .await;
     let hits = rx.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(hits.len(), 2);
     let gap = hits[1].at - hits[0].at;
@@ -406,12 +382,8 @@ async fn a_receiver_that_hangs_times_out_and_is_retried() {
     rx.script([Reply::slow(Duration::from_secs(3))]);
     app.create_webhook(&org, json!({"url": rx.url, "events": ["*"]}))
         .await;
-    publish(
-        &app,
-        &org.token,
-        json!({"event": "user.created", "data": {}}),
-    )
-    .await;
+    app.publish(&org.token, json!({"event": "user.created", "data": {}}))
+        .await;
     assert!(
         eventually(Duration::from_secs(10), || async {
             delivery_statuses(&app.db.pool).await.get("sent") == Some(&1)
@@ -537,27 +509,24 @@ async fn custom_type_schema_is_enforced_on_publish() {
     )
     .await;
     assert_eq!(status, 201);
-    let (status, problem) = publish(
-        &app,
-        &org.token,
-        json!({"event": "order.shipped", "data": {"order_id": 5}}),
-    )
-    .await;
+    let (status, problem) = app
+        .publish(
+            &org.token,
+            json!({"event": "order.shipped", "data": {"order_id": 5}}),
+        )
+        .await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["errors"][0]["field"], "data/order_id");
-    let (status, _) = publish(
-        &app,
-        &org.token,
-        json!({"event": "order.shipped", "data": {"order_id": "o-5"}}),
-    )
-    .await;
+    let (status, _) = app
+        .publish(
+            &org.token,
+            json!({"event": "order.shipped", "data": {"order_id": "o-5"}}),
+        )
+        .await;
     assert_eq!(status, 202);
-    let (status, _) = publish(
-        &app,
-        &org.token,
-        json!({"event": "webhook.disabled", "data": {}}),
-    )
-    .await;
+    let (status, _) = app
+        .publish(&org.token, json!({"event": "webhook.disabled", "data": {}}))
+        .await;
     assert_eq!(status, 400, "system events cannot be published");
     app.stop().await;
 }
@@ -630,8 +599,7 @@ async fn manual_retry_and_recover_send_failed_deliveries_again() {
     let id = hook["id"].as_str().unwrap();
     let since = chrono::Utc::now() - chrono::Duration::minutes(1);
     for i in 0..3 {
-        publish(
-            &app,
+        app.publish(
             &org.token,
             json!({"event": "user.created", "data": {"i": i}}),
         )

@@ -9,16 +9,6 @@ use reqwest::Method;
 use serde_json::json;
 use std::time::Duration;
 
-async fn publish(app: &TestApp, token: &str, event: &str, data: serde_json::Value) {
-    let resp = app
-        .req(Method::POST, "/api/v1/events", token)
-        .json(&json!({"event": event, "data": data}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-}
-
 async fn webhook(app: &TestApp, token: &str, id: &str) -> serde_json::Value {
     status_json(
         app.req(Method::GET, &format!("/api/v1/webhooks/{id}"), token)
@@ -51,7 +41,15 @@ async fn five_failures_deactivate_park_and_resume_without_loss() {
     )
     .await;
 
-    publish(&app, &org.token, "user.created", json!({"n": 0})).await;
+    assert_eq!(
+        app.publish(
+            &org.token,
+            json!({"event": "user.created", "data": {"n": 0}})
+        )
+        .await
+        .0,
+        202
+    );
     // Degraded after the first failure, deactivated at the fifth.
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -86,8 +84,24 @@ async fn five_failures_deactivate_park_and_resume_without_loss() {
     // Nothing more is sent while it is inactive; new events wait too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(failing.hits().len(), 5);
-    publish(&app, &org.token, "user.updated", json!({"n": 1})).await;
-    publish(&app, &org.token, "user.deleted", json!({"n": 2})).await;
+    assert_eq!(
+        app.publish(
+            &org.token,
+            json!({"event": "user.updated", "data": {"n": 1}})
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        app.publish(
+            &org.token,
+            json!({"event": "user.deleted", "data": {"n": 2}})
+        )
+        .await
+        .0,
+        202
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         failing.hits().len(),
@@ -153,7 +167,12 @@ async fn gone_deactivates_at_once() {
         .create_webhook(&org, json!({"url": rx.url, "events": ["*"]}))
         .await;
     let id = hook["id"].as_str().unwrap();
-    publish(&app, &org.token, "user.created", json!({})).await;
+    assert_eq!(
+        app.publish(&org.token, json!({"event": "user.created", "data": {}}))
+            .await
+            .0,
+        202
+    );
     assert!(
         eventually(Duration::from_secs(10), || async {
             webhook(&app, &org.token, id).await["active"] == false
@@ -192,7 +211,12 @@ async fn rotation_signs_with_both_secrets_during_the_grace_period() {
     )
     .await;
     let new = Secret::parse(rotated["secret"].as_str().unwrap()).unwrap();
-    publish(&app, &org.token, "user.created", json!({})).await;
+    assert_eq!(
+        app.publish(&org.token, json!({"event": "user.created", "data": {}}))
+            .await
+            .0,
+        202
+    );
     let hit = rx.wait_for(1, Duration::from_secs(10)).await.remove(0);
     let signature = hit.header("webhook-signature");
     assert_eq!(signature.split(' ').count(), 2, "{signature}");
@@ -226,7 +250,12 @@ async fn rotation_signs_with_both_secrets_during_the_grace_period() {
     .send()
     .await
     .unwrap();
-    publish(&app, &org.token, "user.created", json!({})).await;
+    assert_eq!(
+        app.publish(&org.token, json!({"event": "user.created", "data": {}}))
+            .await
+            .0,
+        202
+    );
     let hit = rx.wait_for(2, Duration::from_secs(10)).await.remove(1);
     assert_eq!(hit.header("webhook-signature").split(' ').count(), 1);
     assert!(
@@ -279,7 +308,12 @@ async fn private_targets_are_refused_at_delivery_time() {
             .execute(&app.db.pool)
             .await
             .unwrap();
-        publish(&app, &org.token, "user.created", json!({})).await;
+        assert_eq!(
+            app.publish(&org.token, json!({"event": "user.created", "data": {}}))
+                .await
+                .0,
+            202
+        );
     }
     assert!(
         eventually(Duration::from_secs(10), || async {

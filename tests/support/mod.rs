@@ -197,6 +197,17 @@ impl TestApp {
         body["token"].as_str().unwrap().to_owned()
     }
 
+    /// Publishes one event (`{"event", "data"}`) and returns the answer's status and body.
+    pub async fn publish(&self, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .req(reqwest::Method::POST, "/api/v1/events", token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        status_json(resp).await
+    }
+
     /// Creates a webhook of `org` and returns its JSON (with the secret).
     pub async fn create_webhook(&self, org: &Org, body: serde_json::Value) -> serde_json::Value {
         let resp = self
