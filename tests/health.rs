@@ -330,3 +330,50 @@ async fn private_targets_are_refused_at_delivery_time() {
     assert_eq!(rx.hits().len(), 0, "no request reached the private address");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn hubble_format_sends_hubbles_own_packet_batch_and_token() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("acme").await;
+    let rx = Receiver::start().await;
+    let hook = app
+        .create_webhook(
+            &org,
+            json!({"url": rx.url, "events": ["hubble.packet"], "payload_format": "hubble"}),
+        )
+        .await;
+    let packet = json!({
+        "device": {"id": "6c2e6b8a-3f1c-4a3e-9a52-2d1b8a7f0c11", "payload": "AQID", "timestamp": "2026-11-23T10:00:00Z",
+                   "sequence_number": 42, "counter": 7, "rssi": -91, "tags": {"location": "warehouse-a"}},
+        "location": {"latitude": 47.6, "longitude": -122.3, "altitude": 10.0, "timestamp": "2026-11-23T10:00:00Z"},
+        "network_type": "terrestrial"
+    });
+    assert_eq!(
+        app.publish(
+            &org.token,
+            json!({"event": "hubble.packet", "data": packet})
+        )
+        .await
+        .0,
+        202
+    );
+    let hit = rx.wait_for(1, Duration::from_secs(10)).await.remove(0);
+    assert_eq!(
+        hit.json(),
+        json!({"packets": [packet]}),
+        "exactly Hubble's packet batch"
+    );
+    assert_eq!(
+        hit.header("http-x-hubble-token"),
+        hook["secret"].as_str().unwrap()
+    );
+    // Still signed like every delivery.
+    let secret = Secret::parse(hook["secret"].as_str().unwrap()).unwrap();
+    verify_seed(
+        secret.as_str().as_bytes(),
+        hit.header("x-webhook-signature"),
+        &hit.body,
+    )
+    .unwrap();
+    app.stop().await;
+}

@@ -159,12 +159,27 @@ fn extra_headers(work: &Work) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The bytes sent: the stored envelope, or for the `hubble` format exactly Hubble's packet batch
+/// (`{"packets": [...]}`) so a receiver written for Hubble works unchanged.
+fn request_body(work: &Work) -> Vec<u8> {
+    let payload = &work.payload.0;
+    if work.payload_format == "hubble" {
+        let packet = payload
+            .get("data")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        return serde_json::to_vec(&serde_json::json!({ "packets": [packet] }))
+            .expect("JSON values serialize");
+    }
+    serde_json::to_vec(payload).expect("JSON values serialize")
+}
+
 /// Makes the attempt and decides what follows it.
 pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
     let started_at = Utc::now();
     let outcome = match signing_secrets(ctx, work) {
         Ok(secrets) => {
-            let body = serde_json::to_vec(&work.payload.0).expect("JSON values serialize");
+            let body = request_body(work);
             let headers = extra_headers(work);
             let request = Request {
                 delivery_id: work.job.delivery_id,
