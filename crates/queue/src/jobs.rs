@@ -77,7 +77,8 @@ pub async fn load(pool: &PgPool, jobs: &[ClaimedJob]) -> Result<Vec<Work>, Queue
            FROM unnest($1::uuid[], $2::int[]) AS c(id, attempt)
            JOIN webhook_deliveries d ON d.id = c.id
            JOIN delivery_jobs j ON j.delivery_id = d.id
-           JOIN webhooks w ON w.org_id = d.org_id AND w.id = d.webhook_id",
+           JOIN webhooks w ON w.org_id = d.org_id AND w.id = d.webhook_id
+          WHERE d.id = ANY($1)",
     )
     .bind(&ids)
     .bind(&attempts)
@@ -93,7 +94,7 @@ pub async fn park(pool: &PgPool, jobs: &[ClaimedJob]) -> Result<(), QueueError> 
     sqlx::query(
         "UPDATE delivery_jobs j SET state = 'parked', attempt = j.attempt - 1, lease_expires_at = NULL, claimed_by = NULL
            FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
-          WHERE j.delivery_id = u.id AND j.attempt = u.attempt AND j.state = 'running'",
+          WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1) AND j.attempt = u.attempt AND j.state = 'running'",
     )
     .bind(&ids)
     .bind(&attempts)
@@ -138,7 +139,11 @@ pub struct HealthPolicy {
     pub max_attempts: i32,
 }
 
-/// Writes a batch of records in one transaction. Returns how many were accepted (a record from a
+/// Writes a batch of records in one transaction. Every join against `unnest()` of a bound array
+/// also says `id = ANY($1)`: a prepared statement's generic plan cannot see the array's length,
+/// and without that predicate PostgreSQL chose whole-table hash joins (measured: 60–90 ms per
+/// flush on a 100k backlog, capping delivery near 700/s).
+/// Returns how many were accepted (a record from a
 /// worker that lost its lease to a newer attempt is refused by the unique attempt number).
 pub async fn record(
     pool: &PgPool,
@@ -231,7 +236,7 @@ pub async fn record(
                 delivered_at = CASE WHEN u.status = 'sent' THEN now() END
            FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
                 AS u(id, attempt, status, code, body, error, next)
-          WHERE d.id = u.id",
+          WHERE d.id = u.id AND d.id = ANY($1)",
     )
     .bind(&k_ids)
     .bind(&k_attempts)
@@ -247,7 +252,8 @@ pub async fn record(
     sqlx::query(
         "DELETE FROM delivery_jobs j
           USING unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(id, attempt, next)
-          WHERE j.delivery_id = u.id AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NULL",
+          WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1)
+            AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NULL",
     )
     .bind(&k_ids)
     .bind(&k_attempts)
@@ -258,7 +264,8 @@ pub async fn record(
         "UPDATE delivery_jobs j
             SET state = 'available', scheduled_at = u.next, lease_expires_at = NULL, claimed_by = NULL
            FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(id, attempt, next)
-          WHERE j.delivery_id = u.id AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NOT NULL",
+          WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1)
+            AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NOT NULL",
     )
     .bind(&k_ids)
     .bind(&k_attempts)
