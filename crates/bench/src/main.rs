@@ -240,7 +240,23 @@ async fn main() -> anyhow::Result<()> {
     };
     // ---- end-to-end latency at a fixed 200 events/s ----
     if run("latency") {
+        // The previous run's database was just dropped and this one created: flush that I/O
+        // first, then warm up for 2 s at the same rate, so commit fsyncs measure the service.
+        checkpoint(&pool).await;
         let workers = hookrelay::build(&config, None, worker_roles).await?;
+        let mut warmup = tokio::time::interval(Duration::from_millis(5));
+        for i in 0..400u64 {
+            warmup.tick().await;
+            let (http, base, token) = (http.clone(), api_base.clone(), token.clone());
+            tokio::spawn(async move {
+                let _ = http
+                    .post(format!("{base}/api/v1/events"))
+                    .bearer_auth(token.as_str())
+                    .json(&json!({"event": "device.online", "data": sample_data(i)}))
+                    .send()
+                    .await;
+            });
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         rx.arrivals.lock().unwrap().clear();
         let sent_at: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
