@@ -113,6 +113,14 @@ impl ApiError {
     }
 }
 
+/// Maps storage's `NotFound` to a 404 naming `what`; every other error as [`From`] does.
+pub fn not_found_as(what: &'static str) -> impl Fn(StorageError) -> ApiError {
+    move |err| match err {
+        StorageError::NotFound => ApiError::NotFound(what),
+        other => other.into(),
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(err: StorageError) -> Self {
         match err {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::ApiState;
 use crate::auth::Caller;
 use crate::body::Json;
-use crate::problem::{ApiError, ApiResult, FieldError};
+use crate::problem::{ApiError, ApiResult, FieldError, not_found_as};
 use crate::routes::{ListResponse, page_request};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
@@ -96,13 +96,6 @@ impl From<deliveries::Delivery> for DeliveryOut {
     }
 }
 
-fn not_found(what: &'static str) -> impl Fn(StorageError) -> ApiError {
-    move |err| match err {
-        StorageError::NotFound => ApiError::NotFound(what),
-        other => other.into(),
-    }
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
@@ -161,7 +154,7 @@ pub async fn get_delivery(
     caller.require("deliveries:read")?;
     let delivery = deliveries::get(&state.pool, caller.org_id(), *id)
         .await
-        .map_err(not_found("delivery"))?;
+        .map_err(not_found_as("delivery"))?;
     let attempts = deliveries::attempts(&state.pool, caller.org_id(), *id).await?;
     let mut out = DeliveryOut::from(delivery);
     out.attempts = Some(
@@ -201,7 +194,7 @@ pub async fn retry(
     caller.require("deliveries:write")?;
     deliveries::get(&state.pool, caller.org_id(), *id)
         .await
-        .map_err(not_found("delivery"))?;
+        .map_err(not_found_as("delivery"))?;
     if deliveries::in_flight(&state.pool, caller.org_id(), *id).await? {
         return Err(ApiError::Conflict(
             "the delivery is being sent right now".into(),
@@ -242,7 +235,7 @@ pub async fn recover(
     let body = body.0;
     webhooks::get(&state.pool, caller.org_id(), *id)
         .await
-        .map_err(not_found("webhook"))?;
+        .map_err(not_found_as("webhook"))?;
     if body.until.is_some_and(|u| u <= body.since) {
         return Err(ApiError::invalid(vec![FieldError::new(
             "until",
@@ -287,7 +280,7 @@ pub async fn test(
     caller.require("webhooks:write")?;
     let webhook = webhooks::get(&state.pool, caller.org_id(), *id)
         .await
-        .map_err(not_found("webhook"))?;
+        .map_err(not_found_as("webhook"))?;
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     let (delivery_id, _, _) = deliveries::create_test(
         &mut tx,

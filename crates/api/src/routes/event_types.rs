@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use crate::ApiState;
 use crate::auth::Caller;
 use crate::body::Json;
-use crate::problem::{ApiError, ApiResult, FieldError};
+use crate::problem::{ApiError, ApiResult, FieldError, not_found_as};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventTypeOut {
@@ -177,9 +177,6 @@ pub async fn remove(
     caller.require("webhooks:write")?;
     event_types::delete(&state.pool, caller.org_id(), &name)
         .await
-        .map_err(|e| match e {
-            hookrelay_storage::StorageError::NotFound => ApiError::NotFound("event type"),
-            other => other.into(),
-        })?;
+        .map_err(not_found_as("event type"))?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::ApiState;
 use crate::auth::Caller;
 use crate::body::Json;
-use crate::problem::{ApiError, ApiResult, FieldError};
+use crate::problem::{ApiError, ApiResult, FieldError, not_found_as};
 use crate::routes::{ListResponse, nullable, page_request};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -217,15 +217,8 @@ pub async fn get(
     caller.require("api_keys:read")?;
     let key = api_keys::get(&state.pool, caller.org_id(), *id)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found_as("API key"))?;
     Ok(web::Json(key.into()))
-}
-
-fn not_found(err: hookrelay_storage::StorageError) -> ApiError {
-    match err {
-        hookrelay_storage::StorageError::NotFound => ApiError::NotFound("API key"),
-        other => other.into(),
-    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -269,7 +262,7 @@ pub async fn update(
     };
     let key = api_keys::update(&state.pool, caller.org_id(), *id, &changes)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found_as("API key"))?;
     Ok(web::Json(key.into()))
 }
 
@@ -286,6 +279,6 @@ pub async fn revoke(
     caller.require("api_keys:write")?;
     api_keys::revoke(&state.pool, caller.org_id(), *id)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found_as("API key"))?;
     Ok(HttpResponse::NoContent().finish())
 }

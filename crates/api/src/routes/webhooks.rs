@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::ApiState;
 use crate::auth::Caller;
 use crate::body::{self, Json};
-use crate::problem::{ApiError, ApiResult, FieldError};
+use crate::problem::{ApiError, ApiResult, FieldError, not_found_as};
 use crate::routes::{ListResponse, nullable, page_request};
 use crate::validate;
 
@@ -137,13 +137,6 @@ pub struct CreateWebhook {
 
 fn collect<T>(result: Result<T, FieldError>, errors: &mut Vec<FieldError>) -> Option<T> {
     result.map_err(|e| errors.push(e)).ok()
-}
-
-fn not_found(err: StorageError) -> ApiError {
-    match err {
-        StorageError::NotFound => ApiError::NotFound("webhook"),
-        other => other.into(),
-    }
 }
 
 /// Creates a webhook. The answer carries its secret.
@@ -285,7 +278,7 @@ pub async fn get(
     caller.require("webhooks:read")?;
     let webhook = webhooks::get(&state.pool, caller.org_id(), *id)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found_as("webhook"))?;
     Ok(web::Json(webhook.into()))
 }
 
@@ -331,7 +324,7 @@ pub async fn update(
     // 404 before 400: another tenant's id must not reveal anything through validation.
     webhooks::get(&state.pool, caller.org_id(), *id)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found_as("webhook"))?;
     let mut errors = Vec::new();
     let url = match &body.url {
         Some(u) => collect(validate::url(u, &state.settings).await, &mut errors),
@@ -388,7 +381,7 @@ pub async fn update(
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     let webhook = webhooks::update(&mut tx, caller.org_id(), *id, &changes)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found_as("webhook"))?;
     tx.commit().await.map_err(StorageError::from)?;
     Ok(web::Json(webhook.into()))
 }
@@ -407,7 +400,7 @@ pub async fn remove(
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     webhooks::delete(&mut tx, caller.org_id(), *id)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found_as("webhook"))?;
     tx.commit().await.map_err(StorageError::from)?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -432,10 +425,10 @@ pub async fn get_secret(
     caller.require("webhooks:write")?;
     let webhook = webhooks::get(&state.pool, caller.org_id(), *id)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found_as("webhook"))?;
     let secrets = webhooks::secrets(&state.pool, &state.secrets, caller.org_id(), *id)
         .await
-        .map_err(not_found)?;
+        .map_err(not_found_as("webhook"))?;
     Ok(web::Json(SecretOut {
         secret: secrets.current,
         previous_secret_expires_at: webhook
@@ -511,7 +504,7 @@ pub async fn rotate_secret(
         grace_until,
     )
     .await
-    .map_err(not_found)?;
+    .map_err(not_found_as("webhook"))?;
     Ok(web::Json(SecretOut {
         secret: new_secret,
         previous_secret_expires_at: Some(grace_until).filter(|_| grace > 0),
