@@ -208,6 +208,17 @@ impl TestApp {
         status_json(resp).await
     }
 
+    /// Publishes `events` in one `/events/batch` request and expects 202.
+    pub async fn publish_batch(&self, token: &str, events: Vec<serde_json::Value>) {
+        let resp = self
+            .req(reqwest::Method::POST, "/api/v1/events/batch", token)
+            .json(&serde_json::json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    }
+
     /// Creates a webhook of `org` and returns its JSON (with the secret).
     pub async fn create_webhook(&self, org: &Org, body: serde_json::Value) -> serde_json::Value {
         let resp = self

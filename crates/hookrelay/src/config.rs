@@ -80,6 +80,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "delivery attempts in flight at once per process",
     ),
     (
+        "HOOKRELAY_ENDPOINT_CONCURRENCY",
+        "16",
+        "delivery attempts in flight at once to one webhook, across all processes",
+    ),
+    (
         "HOOKRELAY_HTTP_WORKERS",
         "0",
         "API worker threads (0 = one per core)",
@@ -125,6 +130,7 @@ pub struct Config {
     pub db_max_connections: u32,
     pub http_workers: usize,
     pub worker_concurrency: usize,
+    pub endpoint_concurrency: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -224,6 +230,25 @@ fn parse_number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
     text.parse().map_err(|_| "expected a whole number".into())
 }
 
+/// A whole number within `range`, for settings that make no sense outside it.
+fn parse_within<T>(range: std::ops::RangeInclusive<T>) -> impl Fn(&str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    move |text| {
+        let n = parse_number::<T>(text)?;
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!(
+                "must be between {} and {}",
+                range.start(),
+                range.end()
+            ))
+        }
+    }
+}
+
 fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
     let steps = text
         .split(',')
@@ -277,25 +302,19 @@ impl Config {
             })?,
             lease: r.parse("HOOKRELAY_LEASE", parse_duration)?,
             org_rate_limit: r.parse("HOOKRELAY_ORG_RATE_LIMIT", parse_number)?,
-            db_max_connections: r.parse("HOOKRELAY_DB_MAX_CONNECTIONS", |v| {
-                parse_number::<u32>(v).and_then(|n| {
-                    if (2..=1000).contains(&n) {
-                        Ok(n)
-                    } else {
-                        Err("must be between 2 and 1000".into())
-                    }
-                })
-            })?,
+            db_max_connections: r.parse(
+                "HOOKRELAY_DB_MAX_CONNECTIONS",
+                parse_within::<u32>(2..=1000),
+            )?,
             http_workers: r.parse("HOOKRELAY_HTTP_WORKERS", parse_number)?,
-            worker_concurrency: r.parse("HOOKRELAY_WORKER_CONCURRENCY", |v| {
-                parse_number::<usize>(v).and_then(|n| {
-                    if (1..=10_000).contains(&n) {
-                        Ok(n)
-                    } else {
-                        Err("must be between 1 and 10000".into())
-                    }
-                })
-            })?,
+            worker_concurrency: r.parse(
+                "HOOKRELAY_WORKER_CONCURRENCY",
+                parse_within::<usize>(1..=10_000),
+            )?,
+            endpoint_concurrency: r.parse(
+                "HOOKRELAY_ENDPOINT_CONCURRENCY",
+                parse_within::<u32>(1..=10_000),
+            )?,
         };
         if config.delivery_timeout.is_zero() {
             return Err(ConfigError {

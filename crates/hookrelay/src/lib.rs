@@ -91,6 +91,8 @@ pub fn worker_settings(config: &Config) -> hookrelay_queue::WorkerSettings {
         delivery_timeout: config.delivery_timeout,
         allow_private_targets: config.allow_private_targets,
         concurrency: config.worker_concurrency,
+        endpoint_concurrency: i32::try_from(config.endpoint_concurrency).unwrap_or(i32::MAX),
+        batch_linger: config.batch_linger,
         disable_after_failures: i32::try_from(config.disable_after_failures).unwrap_or(i32::MAX),
         ..Default::default()
     }

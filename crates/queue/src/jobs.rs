@@ -1,5 +1,6 @@
 //! The `delivery_jobs` table from the worker's side: claim due jobs in batches (one statement,
-//! `FOR UPDATE SKIP LOCKED`, committed before any HTTP call), load what sending needs, and
+//! `FOR UPDATE SKIP LOCKED`, committed before any HTTP call) fairly across organizations and
+//! webhooks, within each webhook's in-flight cap and rate limit; load what sending needs, and
 //! record outcomes in batches: every attempt row, the delivery's latest state, and the job's next
 //! step (deleted when finished, rescheduled for a retry). A record is accepted only from the
 //! worker that still holds the job at that attempt, so a worker whose lease ran out cannot
@@ -30,6 +31,7 @@ pub struct Work {
     #[sqlx(flatten)]
     pub job: ClaimedJob,
     pub event: String,
+    /// Exactly the body sent (envelope, batch or Hubble format, fixed when it was created).
     pub payload: Json<Value>,
     pub url: String,
     pub headers: Json<Value>,
@@ -39,30 +41,82 @@ pub struct Work {
     pub previous_secret: Option<String>,
 }
 
-/// Claims up to `limit` due jobs for `worker`, leased for `lease`.
+/// Claims up to `limit` due jobs for `worker`, leased for `lease`, in one statement:
+///
+/// 1. every webhook with available work, found by a skip scan (one index probe per webhook);
+/// 2. those with due work, each with its room: `per_endpoint` minus its attempts in flight, and
+///    for a rate-limited webhook what is left of this second's allowance;
+/// 3. taken in turns: each organization's longest-waiting webhook first, then its second…, so a
+///    tenant with a huge backlog or many webhooks gets the same turns as any other;
+/// 4. a webhook is only served under its advisory lock, so two workers cannot both fill its room;
+/// 5. the jobs are leased and, for rate-limited webhooks, counted in the current window.
 pub async fn claim(
     pool: &PgPool,
     worker: &str,
     limit: i64,
     lease: Duration,
+    per_endpoint: i32,
 ) -> Result<Vec<ClaimedJob>, QueueError> {
     Ok(sqlx::query_as(
-        "WITH due AS (
-             SELECT delivery_id FROM delivery_jobs
-              WHERE state = 'available' AND scheduled_at <= now()
-              ORDER BY scheduled_at
-              LIMIT $1
-              FOR UPDATE SKIP LOCKED)
+        "WITH RECURSIVE hooks AS (
+             (SELECT org_id, webhook_id, scheduled_at FROM delivery_jobs
+               WHERE state = 'available'
+               ORDER BY org_id, webhook_id, scheduled_at LIMIT 1)
+             UNION ALL
+             SELECT n.org_id, n.webhook_id, n.scheduled_at
+               FROM hooks h CROSS JOIN LATERAL (
+                    SELECT org_id, webhook_id, scheduled_at FROM delivery_jobs
+                     WHERE state = 'available' AND (org_id, webhook_id) > (h.org_id, h.webhook_id)
+                     ORDER BY org_id, webhook_id, scheduled_at LIMIT 1) n),
+         due AS (
+             SELECT org_id, webhook_id, scheduled_at AS first_due,
+                    row_number() OVER (PARTITION BY org_id ORDER BY scheduled_at) AS turn
+               FROM hooks WHERE scheduled_at <= now()),
+         room AS (
+             SELECT d.org_id, d.webhook_id, d.turn, d.first_due, w.rate_limit_per_second AS rate,
+                    LEAST($4 - (SELECT count(*) FROM delivery_jobs r
+                                 WHERE r.org_id = d.org_id AND r.webhook_id = d.webhook_id AND r.state = 'running'),
+                          COALESCE(w.rate_limit_per_second
+                                   - COALESCE((SELECT s.sent FROM webhook_send_windows s
+                                                WHERE s.org_id = d.org_id AND s.webhook_id = d.webhook_id
+                                                  AND s.window_start = date_trunc('second', now())), 0),
+                                   $1)) AS room
+               FROM due d JOIN webhooks w ON w.org_id = d.org_id AND w.id = d.webhook_id),
+         chosen AS (
+             SELECT * FROM (SELECT * FROM room WHERE room > 0 ORDER BY turn, first_due LIMIT $1) c
+              WHERE pg_try_advisory_xact_lock(hashtextextended(c.webhook_id::text, 11))),
+         picked AS (
+             SELECT j.delivery_id, c.org_id, c.webhook_id, c.rate
+               FROM chosen c CROSS JOIN LATERAL (
+                    SELECT delivery_id, scheduled_at FROM delivery_jobs
+                     WHERE org_id = c.org_id AND webhook_id = c.webhook_id
+                       AND state = 'available' AND scheduled_at <= now()
+                     ORDER BY scheduled_at
+                     LIMIT c.room
+                     FOR UPDATE SKIP LOCKED) j
+              ORDER BY row_number() OVER (PARTITION BY c.org_id, c.webhook_id ORDER BY j.scheduled_at),
+                       c.turn, c.first_due
+              LIMIT $1),
+         counted AS (
+             INSERT INTO webhook_send_windows (org_id, webhook_id, window_start, sent)
+             SELECT org_id, webhook_id, date_trunc('second', now()), count(*)
+               FROM picked WHERE rate IS NOT NULL
+              GROUP BY org_id, webhook_id
+             ON CONFLICT (org_id, webhook_id) DO UPDATE
+                SET sent = CASE WHEN webhook_send_windows.window_start = excluded.window_start
+                                THEN webhook_send_windows.sent + excluded.sent ELSE excluded.sent END,
+                    window_start = excluded.window_start)
          UPDATE delivery_jobs j
             SET state = 'running', attempt = j.attempt + 1,
                 lease_expires_at = now() + make_interval(secs => $2), claimed_by = $3
-           FROM due
-          WHERE j.delivery_id = due.delivery_id
+           FROM picked
+          WHERE j.delivery_id = picked.delivery_id
       RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, j.max_attempts",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
     .bind(worker)
+    .bind(per_endpoint)
     .fetch_all(pool)
     .await?)
 }

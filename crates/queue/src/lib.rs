@@ -4,6 +4,7 @@
 //!
 //! Pipeline stages owned here: queue → sign → deliver → record.
 
+mod batcher;
 pub mod deliver;
 pub mod jobs;
 pub mod maintenance;
@@ -58,6 +59,10 @@ pub struct WorkerSettings {
     pub allow_private_targets: bool,
     /// Attempts in flight at once in this process.
     pub concurrency: usize,
+    /// Attempts in flight at once to one webhook, across all processes.
+    pub endpoint_concurrency: i32,
+    /// Longest wait before a partial batch is sent.
+    pub batch_linger: Duration,
     /// Most jobs claimed in one statement.
     pub claim_batch: usize,
     /// Longest sleep between looks at the queue when nothing wakes the worker.
@@ -87,6 +92,8 @@ impl Default for WorkerSettings {
             delivery_timeout: Duration::from_secs(30),
             allow_private_targets: false,
             concurrency: 256,
+            endpoint_concurrency: 16,
+            batch_linger: Duration::from_secs(2),
             claim_batch: 50,
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(35),

@@ -23,6 +23,8 @@ use crate::{WorkerSettings, sleep_or_stop};
 const RECORD_BUFFER: usize = 4096;
 /// Most records written in one transaction.
 const RECORD_BATCH: usize = 500;
+/// How soon to look again when due work is held back by caps or rate limits.
+const BLOCKED_RECHECK: Duration = Duration::from_millis(50);
 
 pub(crate) struct Context {
     pub pool: PgPool,
@@ -35,9 +37,21 @@ pub(crate) struct Context {
 
 pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
     let wake = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen(ctx.pool.clone(), wake.clone()));
+    let wake_batcher = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(
+        ctx.pool.clone(),
+        [wake.clone(), wake_batcher.clone()],
+    ));
+    let batcher = tokio::spawn(crate::batcher::run(
+        ctx.pool.clone(),
+        ctx.settings.batch_linger,
+        crate::retry::max_attempts(&ctx.settings.retry_schedule),
+        ctx.settings.poll_interval,
+        wake_batcher,
+        stopped.clone(),
+    ));
     let (records, inbox) = mpsc::channel(RECORD_BUFFER);
-    let recorder = tokio::spawn(record_loop(ctx.clone(), inbox));
+    let recorder = tokio::spawn(record_loop(ctx.clone(), inbox, wake.clone()));
     let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
 
     loop {
@@ -53,17 +67,24 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
             continue;
         }
         let want = free.min(ctx.settings.claim_batch);
-        let claimed =
-            match jobs::claim(&ctx.pool, &ctx.worker_id, want as i64, ctx.settings.lease).await {
-                Ok(claimed) => claimed,
-                Err(err) => {
-                    tracing::warn!(error = %err, "claiming deliveries failed; retrying");
-                    if sleep_or_stop(&mut stopped, Duration::from_secs(1)).await {
-                        break;
-                    }
-                    continue;
+        let claimed = match jobs::claim(
+            &ctx.pool,
+            &ctx.worker_id,
+            want as i64,
+            ctx.settings.lease,
+            ctx.settings.endpoint_concurrency,
+        )
+        .await
+        {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming deliveries failed; retrying");
+                if sleep_or_stop(&mut stopped, Duration::from_secs(1)).await {
+                    break;
                 }
-            };
+                continue;
+            }
+        };
         let full = claimed.len() == want;
         if !claimed.is_empty() {
             match jobs::load(&ctx.pool, &claimed).await {
@@ -81,6 +102,13 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
             if wait.is_zero() && !claimed.is_empty() {
                 continue;
             }
+            // Work is due but none was claimable: its webhooks are at their in-flight cap or
+            // rate limit (or another worker holds them). A finished attempt wakes us sooner.
+            let wait = if wait.is_zero() {
+                BLOCKED_RECHECK.min(ctx.settings.poll_interval)
+            } else {
+                wait
+            };
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
@@ -93,6 +121,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
     let _ = tokio::time::timeout(ctx.settings.shutdown_grace, slots.acquire_many(all)).await;
     drop(records);
     let _ = recorder.await;
+    let _ = batcher.await;
     listener.abort();
 }
 
@@ -159,27 +188,12 @@ fn extra_headers(work: &Work) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// The bytes sent: the stored envelope, or for the `hubble` format exactly Hubble's packet batch
-/// (`{"packets": [...]}`) so a receiver written for Hubble works unchanged.
-fn request_body(work: &Work) -> Vec<u8> {
-    let payload = &work.payload.0;
-    if work.payload_format == "hubble" {
-        let packet = payload
-            .get("data")
-            .cloned()
-            .unwrap_or(serde_json::Value::Null);
-        return serde_json::to_vec(&serde_json::json!({ "packets": [packet] }))
-            .expect("JSON values serialize");
-    }
-    serde_json::to_vec(payload).expect("JSON values serialize")
-}
-
 /// Makes the attempt and decides what follows it.
 pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
     let started_at = Utc::now();
     let outcome = match signing_secrets(ctx, work) {
         Ok(secrets) => {
-            let body = request_body(work);
+            let body = serde_json::to_vec(&work.payload.0).expect("JSON values serialize");
             let headers = extra_headers(work);
             let request = Request {
                 delivery_id: work.job.delivery_id,
@@ -234,7 +248,8 @@ pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
     }
 }
 
-async fn record_loop(ctx: Arc<Context>, mut inbox: mpsc::Receiver<Record>) {
+/// Writes outcomes in batches; each committed batch frees in-flight room, so it wakes the claimer.
+async fn record_loop(ctx: Arc<Context>, mut inbox: mpsc::Receiver<Record>, wake: Arc<Notify>) {
     while let Some(first) = inbox.recv().await {
         let mut batch = vec![first];
         while batch.len() < RECORD_BATCH {
@@ -247,6 +262,7 @@ async fn record_loop(ctx: Arc<Context>, mut inbox: mpsc::Receiver<Record>) {
         loop {
             match jobs::record(&ctx.pool, &batch, ctx.settings.health_policy()).await {
                 Ok(accepted) => {
+                    wake.notify_one();
                     if accepted < batch.len() {
                         tracing::warn!(
                             refused = batch.len() - accepted,
@@ -271,8 +287,9 @@ async fn record_loop(ctx: Arc<Context>, mut inbox: mpsc::Receiver<Record>) {
     }
 }
 
-/// Forwards NOTIFYs from publishers; reconnects when the connection drops.
-async fn listen(pool: PgPool, wake: Arc<Notify>) {
+/// Forwards NOTIFYs from publishers to the claimer and the batcher; reconnects when the
+/// connection drops.
+async fn listen(pool: PgPool, wake: [Arc<Notify>; 2]) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -286,9 +303,9 @@ async fn listen(pool: PgPool, wake: Arc<Notify>) {
             continue;
         }
         while listener.recv().await.is_ok() {
-            wake.notify_one();
+            wake.iter().for_each(|w| w.notify_one());
         }
         // A lost connection may have hidden notifications: wake once to look.
-        wake.notify_one();
+        wake.iter().for_each(|w| w.notify_one());
     }
 }

@@ -17,6 +17,7 @@ pub struct Delivery {
     pub webhook_id: Uuid,
     pub event_id: Option<Uuid>,
     pub event: String,
+    pub event_count: i32,
     pub payload: Json<Value>,
     pub status: String,
     pub response_status: Option<i32>,
@@ -51,7 +52,7 @@ pub struct Attempt {
 
 macro_rules! columns {
     () => {
-        "id, org_id, webhook_id, event_id, event, payload, status, response_status, response_body,
+        "id, org_id, webhook_id, event_id, event, event_count, payload, status, response_status, response_body,
          attempt_number, last_error, next_attempt_at, delivered_at, created_at, updated_at"
     };
 }
@@ -183,11 +184,13 @@ pub async fn failed_in_window(
     .await?)
 }
 
-/// A `webhook.test` delivery, created for an immediate attempt outside the queue.
+/// A `webhook.test` delivery, created for an immediate attempt outside the queue, in the
+/// webhook's payload format.
 pub async fn create_test(
     conn: &mut PgConnection,
     org_id: Uuid,
     webhook_id: Uuid,
+    payload_format: &str,
     lease_secs: f64,
 ) -> crate::Result<(Uuid, Uuid, Value)> {
     let event_id = Uuid::now_v7();
@@ -201,7 +204,10 @@ pub async fn create_test(
         .bind(now)
         .execute(&mut *conn)
         .await?;
-    let payload = crate::events::envelope(event_id, "webhook.test", now, &data, webhook_id);
+    let payload = match payload_format {
+        "hubble" => serde_json::json!({ "packets": [data] }),
+        _ => crate::events::envelope(event_id, "webhook.test", now, &data, webhook_id),
+    };
     sqlx::query(
         "INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, event_id, payload, created_at)
          VALUES ($1, $2, $3, 'webhook.test', $4, $5, $6)",

@@ -1,7 +1,10 @@
 //! Publishing: store events and fan them out to every subscribed webhook of the organization, in
 //! one transaction: the event rows, one `webhook_deliveries` row per (event, webhook) and one
 //! `delivery_jobs` row each (parked when the webhook is inactive), then a NOTIFY that wakes the
-//! workers when the transaction commits. Idempotency keys answer a repeat with the first answer.
+//! workers when the transaction commits. A batchable event bound for a webhook with
+//! `max_batch_size` > 1 becomes a `batch_items` row instead, grouped later by the batcher.
+//! Each delivery's payload is exactly the body its receiver gets (envelope or Hubble format), so
+//! every retry resends the same bytes. Idempotency keys answer a repeat with the first answer.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -39,6 +42,8 @@ struct Route {
     events: Vec<String>,
     filter: Option<Json<Value>>,
     active: bool,
+    payload_format: String,
+    max_batch_size: i32,
 }
 
 /// The delivery body in the `envelope` format (seed 003), plus the event id.
@@ -114,17 +119,23 @@ pub async fn publish(
     }
 
     let routes: Vec<Route> = sqlx::query_as(
-        "SELECT id, events, filter, active FROM webhooks WHERE org_id = $1 AND deleted_at IS NULL",
+        "SELECT id, events, filter, active, payload_format, max_batch_size
+           FROM webhooks WHERE org_id = $1 AND deleted_at IS NULL",
     )
     .bind(org_id)
     .fetch_all(&mut *conn)
     .await?;
+    let batchable = if routes.iter().any(|r| r.max_batch_size > 1) {
+        batchable_types(&mut *conn, org_id, events).await?
+    } else {
+        Default::default()
+    };
 
     let now = Utc::now();
     let (mut ev_ids, mut ev_names, mut ev_data, mut ev_keys, mut ev_sources) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let (mut d_ids, mut d_webhooks, mut d_event_ids, mut d_states) =
-        (vec![], vec![], vec![], vec![]);
+    let mut deliveries = DeliveryRows::default();
+    let mut batched = BatchRows::default();
     for &(i, id) in &fresh {
         let event = &events[i];
         ev_ids.push(id);
@@ -137,10 +148,19 @@ pub async fn publish(
             if subscribed(&route.events, &event.event)
                 && filter_matches(route.filter.as_ref().map(|f| &f.0), &event.data)
             {
-                d_ids.push(Uuid::now_v7());
-                d_webhooks.push(route.id);
-                d_event_ids.push(id);
-                d_states.push(if route.active { "available" } else { "parked" });
+                if route.max_batch_size > 1 && batchable.contains(event.event.as_str()) {
+                    batched.webhooks.push(route.id);
+                    batched.events.push(event.event.clone());
+                    batched.event_ids.push(id);
+                } else {
+                    deliveries.ids.push(Uuid::now_v7());
+                    deliveries.webhooks.push(route.id);
+                    deliveries.event_ids.push(id);
+                    deliveries
+                        .states
+                        .push(if route.active { "available" } else { "parked" });
+                    deliveries.formats.push(route.payload_format.clone());
+                }
                 count += 1;
             }
         }
@@ -156,7 +176,8 @@ pub async fn publish(
         max_attempts,
         now,
         (&ev_ids, &ev_names, &ev_data, &ev_keys, &ev_sources),
-        (&d_ids, &d_webhooks, &d_event_ids, &d_states),
+        &deliveries,
+        &batched,
     )
     .await?;
 
@@ -184,19 +205,63 @@ type EventColumns<'a> = (
     &'a [Option<String>],
     &'a [Option<Uuid>],
 );
-type DeliveryColumns<'a> = (&'a [Uuid], &'a [Uuid], &'a [Uuid], &'a [&'a str]);
 
-/// Events, their deliveries and queue entries, and the workers' wake-up, in one statement: one
-/// round trip, atomic on its own (so a publish without idempotency keys needs no transaction).
-/// Each delivery's envelope is built by PostgreSQL from its event, so the data crosses the
-/// wire once however wide the fan-out.
+/// One (event, webhook) delivery per index.
+#[derive(Default)]
+struct DeliveryRows {
+    ids: Vec<Uuid>,
+    webhooks: Vec<Uuid>,
+    event_ids: Vec<Uuid>,
+    states: Vec<&'static str>,
+    formats: Vec<String>,
+}
+
+/// One (event, batching webhook) item per index.
+#[derive(Default)]
+struct BatchRows {
+    webhooks: Vec<Uuid>,
+    events: Vec<String>,
+    event_ids: Vec<Uuid>,
+}
+
+/// The names among `events` that may be batched: built-in batchable types and the
+/// organization's own types marked `batchable`.
+async fn batchable_types(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    events: &[NewEvent],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let mut names: Vec<String> = events.iter().map(|e| e.event.clone()).collect();
+    names.sort();
+    names.dedup();
+    let mut batchable: std::collections::HashSet<String> = names
+        .iter()
+        .filter(|n| crate::catalog::built_in(n).is_some_and(|(_, _, b)| *b))
+        .cloned()
+        .collect();
+    let custom: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM event_types WHERE org_id = $1 AND batchable AND name = ANY($2)",
+    )
+    .bind(org_id)
+    .bind(&names)
+    .fetch_all(&mut *conn)
+    .await?;
+    batchable.extend(custom);
+    Ok(batchable)
+}
+
+/// Events, their deliveries, queue entries and batch items, and the workers' wake-up, in one
+/// statement: one round trip, atomic on its own (so a publish without idempotency keys needs no
+/// transaction). Each delivery's body is built by PostgreSQL from its event, so the data crosses
+/// the wire once however wide the fan-out.
 async fn insert_all(
     conn: &mut PgConnection,
     org_id: Uuid,
     max_attempts: i32,
     now: DateTime<Utc>,
     (ev_ids, ev_names, ev_data, ev_keys, ev_sources): EventColumns<'_>,
-    (d_ids, d_webhooks, d_event_ids, d_states): DeliveryColumns<'_>,
+    deliveries: &DeliveryRows,
+    batched: &BatchRows,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH ev AS (
@@ -207,18 +272,27 @@ async fn insert_all(
          dl AS (
              INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, event_id, payload, status, created_at)
              SELECT t.id, $1, t.webhook, ev.event, ev.id,
-                    jsonb_build_object('id', ev.id, 'event', ev.event, 'timestamp', $8::text,
-                                       'data', ev.data, 'webhook_id', t.webhook),
+                    CASE t.format
+                        WHEN 'hubble' THEN jsonb_build_object('packets', jsonb_build_array(ev.data))
+                        ELSE jsonb_build_object('id', ev.id, 'event', ev.event, 'timestamp', $8::text,
+                                                'data', ev.data, 'webhook_id', t.webhook)
+                    END,
                     'pending', $7
-               FROM unnest($9::uuid[], $10::uuid[], $11::uuid[]) AS t(id, webhook, event_id)
+               FROM unnest($9::uuid[], $10::uuid[], $11::uuid[], $15::text[]) AS t(id, webhook, event_id, format)
                JOIN ev ON ev.id = t.event_id
              RETURNING id),
          jb AS (
              INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, max_attempts, scheduled_at, created_at)
              SELECT id, $1, webhook, state, $13, $7, $7
                FROM unnest($9::uuid[], $10::uuid[], $12::text[]) AS t(id, webhook, state)
-             RETURNING state)
-         SELECT pg_notify($14, '') FROM (SELECT 1 FROM jb WHERE state = 'available' LIMIT 1) AS due",
+             RETURNING state),
+         bi AS (
+             INSERT INTO batch_items (org_id, webhook_id, event, created_at, event_id)
+             SELECT $1, t.webhook, t.event, $7, t.event_id
+               FROM unnest($16::uuid[], $17::text[], $18::uuid[]) AS t(webhook, event, event_id)
+             RETURNING 1)
+         SELECT pg_notify($14, '')
+           FROM (SELECT 1 FROM jb WHERE state = 'available' UNION ALL SELECT 1 FROM bi LIMIT 1) AS due",
     )
     .bind(org_id)
     .bind(ev_ids)
@@ -228,12 +302,16 @@ async fn insert_all(
     .bind(ev_sources)
     .bind(now)
     .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    .bind(d_ids)
-    .bind(d_webhooks)
-    .bind(d_event_ids)
-    .bind(d_states)
+    .bind(&deliveries.ids)
+    .bind(&deliveries.webhooks)
+    .bind(&deliveries.event_ids)
+    .bind(&deliveries.states)
     .bind(max_attempts)
     .bind(JOBS_CHANNEL)
+    .bind(&deliveries.formats)
+    .bind(&batched.webhooks)
+    .bind(&batched.events)
+    .bind(&batched.event_ids)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -256,6 +256,12 @@ pub async fn delete(conn: &mut PgConnection, org_id: Uuid, id: Uuid) -> crate::R
         .bind(id)
         .execute(&mut *conn)
         .await?;
+    // Events still waiting to be batched for it are not delivered either.
+    sqlx::query("DELETE FROM batch_items WHERE org_id = $1 AND webhook_id = $2")
+        .bind(org_id)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "UPDATE webhook_deliveries SET status = 'cancelled', next_attempt_at = NULL
           WHERE org_id = $1 AND webhook_id = $2 AND status IN ('pending', 'retrying')",

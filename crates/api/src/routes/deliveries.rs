@@ -54,8 +54,11 @@ pub struct AttemptOut {
 pub struct DeliveryOut {
     pub id: Uuid,
     pub webhook_id: Uuid,
+    /// The event it carries; null for a batch (see `event_count` and the payload).
     pub event_id: Option<Uuid>,
     pub event: String,
+    /// How many events it carries: 1, or the size of a batch.
+    pub event_count: i32,
     #[schema(value_type = DeliveryStatus)]
     pub status: String,
     /// The body sent (the latest attempt's).
@@ -81,6 +84,7 @@ impl From<deliveries::Delivery> for DeliveryOut {
             webhook_id: d.webhook_id,
             event_id: d.event_id,
             event: d.event,
+            event_count: d.event_count,
             status: d.status,
             payload: d.payload.0,
             response_status: d.response_status,
@@ -286,6 +290,7 @@ pub async fn test(
         &mut tx,
         caller.org_id(),
         webhook.id,
+        &webhook.payload_format,
         state.worker.lease.as_secs_f64(),
     )
     .await?;
