@@ -714,7 +714,15 @@ async fn another_tenants_resources_are_404() {
     )
     .await;
     let key_id = a_key["key_id"].as_str().unwrap();
+    let source_id = create_source(&app, &a).await;
     for (method, path, body) in [
+        (Method::GET, format!("/api/v1/sources/{source_id}"), None),
+        (
+            Method::PATCH,
+            format!("/api/v1/sources/{source_id}"),
+            Some(json!({"name": "stolen"})),
+        ),
+        (Method::DELETE, format!("/api/v1/sources/{source_id}"), None),
         (Method::GET, format!("/api/v1/webhooks/{id}"), None),
         (
             Method::PATCH,
@@ -940,6 +948,7 @@ async fn every_route_checks_its_scope() {
     )
     .await;
     let key_id = check["key_id"].as_str().unwrap().to_owned();
+    let source_id = create_source(&app, &org).await;
     let routes: Vec<(Method, String, &str, Option<serde_json::Value>)> = vec![
         (
             Method::GET,
@@ -1024,6 +1033,31 @@ async fn every_route_checks_its_scope() {
             Method::DELETE,
             format!("/api/v1/webhooks/{id}"),
             "webhooks:write",
+            None,
+        ),
+        (Method::GET, "/api/v1/sources".into(), "sources:read", None),
+        (
+            Method::POST,
+            "/api/v1/sources".into(),
+            "sources:write",
+            Some(json!({"kind": "hubble", "name": "scope check"})),
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/sources/{source_id}"),
+            "sources:read",
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/sources/{source_id}"),
+            "sources:write",
+            Some(json!({"name": "renamed"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/sources/{source_id}"),
+            "sources:write",
             None,
         ),
     ];
@@ -1183,6 +1217,7 @@ async fn every_body_taking_route_refuses_bad_input() {
     )
     .await;
     let key_id = check["key_id"].as_str().unwrap().to_owned();
+    let source_id = create_source(&app, &org).await;
     // (method, path, token, a body with a wrong-typed field, its field name)
     let routes: Vec<(Method, String, &str, serde_json::Value, &str)> = vec![
         (
@@ -1262,6 +1297,20 @@ async fn every_body_taking_route_refuses_bad_input() {
             json!({"events": [{"event": 1, "data": {}}]}),
             "events[0].event",
         ),
+        (
+            Method::POST,
+            "/api/v1/sources".into(),
+            &org.token,
+            json!({"kind": "hubble", "name": "n", "ip_allowlist": "10.0.0.0/8"}),
+            "ip_allowlist",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/sources/{source_id}"),
+            &org.token,
+            json!({"pull": {"base_url": 1, "org_id": "o", "api_token": "t"}}),
+            "pull.base_url",
+        ),
     ];
     let before = table_counts(&app).await;
     for (method, path, token, wrong_type, field) in routes {
@@ -1327,4 +1376,18 @@ async fn table_counts(app: &TestApp) -> Vec<i64> {
         );
     }
     counts
+}
+
+/// A Hubble source of `org`; returns its id.
+async fn create_source(app: &TestApp, org: &hookrelay_tests::Org) -> String {
+    let (status, source) = status_json(
+        app.req(Method::POST, "/api/v1/sources", &org.token)
+            .json(&json!({"kind": "hubble", "name": "packets"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{source}");
+    source["id"].as_str().unwrap().to_owned()
 }

@@ -25,6 +25,18 @@ where
         .app_data::<web::Data<ApiState>>()
         .map(|s| s.settings.max_body)
         .unwrap_or(1024 * 1024);
+    read_with_limit(req, payload, limit).await
+}
+
+/// Reads the raw body, refusing more than `limit` bytes (413) before reading them.
+pub async fn read_with_limit<S>(
+    req: &HttpRequest,
+    payload: &mut S,
+    limit: usize,
+) -> Result<web::Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>> + Unpin,
+{
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -32,6 +32,8 @@ pub struct ApiSettings {
     pub org_rate_limit: u32,
     /// Number of HTTP worker threads; 0 means one per core.
     pub http_workers: usize,
+    /// How senders reach this service, for the ingest URLs sources show.
+    pub public_url: String,
 }
 
 impl Default for ApiSettings {
@@ -43,6 +45,7 @@ impl Default for ApiSettings {
             allow_private_targets: false,
             org_rate_limit: 1000,
             http_workers: 0,
+            public_url: "http://127.0.0.1:8080".into(),
         }
     }
 }
@@ -106,6 +109,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(health::readyz)
     .service(health::metrics)
     .configure(openapi::configure)
+    .service(ingest::hubble_push)
+    .service(ingest::verify)
+    .service(ingest::signed_push)
     .service(
         web::scope("/api/v1/admin")
             .service(admin::create_organization)
@@ -140,7 +146,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(deliveries::get_delivery)
             .service(deliveries::retry)
             .service(deliveries::recover)
-            .service(deliveries::test),
+            .service(deliveries::test)
+            .service(sources::create)
+            .service(sources::list)
+            .service(sources::get)
+            .service(sources::update)
+            .service(sources::remove),
     );
 }
 

@@ -8,7 +8,9 @@ use utoipa_swagger_ui::SwaggerUi;
 use utoipa::Modify;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
-use crate::routes::{self, admin, deliveries, event_types, events, keys, organization, webhooks};
+use crate::routes::{
+    self, admin, deliveries, event_types, events, ingest, keys, organization, sources, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +28,8 @@ use crate::routes::{self, admin, deliveries, event_types, events, keys, organiza
         webhooks::get_secret, webhooks::rotate_secret,
         events::publish, events::publish_batch,
         deliveries::history, deliveries::get_delivery, deliveries::retry, deliveries::recover, deliveries::test,
+        sources::create, sources::list, sources::get, sources::update, sources::remove,
+        ingest::hubble_push, ingest::signed_push, ingest::verify,
     ),
     components(schemas(crate::problem::Problem, crate::problem::FieldError)),
     modifiers(&SecuritySchemes, &CommonResponses),
@@ -38,6 +42,8 @@ use crate::routes::{self, admin, deliveries, event_types, events, keys, organiza
         (name = "webhooks", description = "Endpoints that receive events"),
         (name = "events", description = "Publishing events"),
         (name = "deliveries", description = "Delivery history, attempts and redelivery"),
+        (name = "sources", description = "What feeds an organization: Hubble packets (push or pull) and signed inbound webhooks"),
+        (name = "ingest", description = "Ingest URLs called by senders, authenticated by the source's token or signature"),
     )
 )]
 pub struct ApiDoc;
@@ -78,7 +84,9 @@ impl Modify for CommonResponses {
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if !path.starts_with("/api/") {
+            // Ingest URLs declare their own responses; only their problem bodies need the type.
+            let is_api = path.starts_with("/api/");
+            if !is_api && !path.starts_with("/ingest/") {
                 continue;
             }
             let operations = [
@@ -103,6 +111,9 @@ impl Modify for CommonResponses {
                             .content
                             .insert("application/problem+json".into(), content);
                     }
+                }
+                if !is_api {
+                    continue;
                 }
                 let mut common = vec![
                     ("401", "Missing, invalid, expired or revoked credentials"),

@@ -80,6 +80,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "delivery attempts in flight at once per process",
     ),
     (
+        "HOOKRELAY_PUBLIC_URL",
+        "",
+        "how senders reach this service, shown in sources' ingest URLs (default http://HOOKRELAY_LISTEN)",
+    ),
+    (
         "HOOKRELAY_ENDPOINT_CONCURRENCY",
         "16",
         "delivery attempts in flight at once to one webhook, across all processes",
@@ -131,6 +136,7 @@ pub struct Config {
     pub http_workers: usize,
     pub worker_concurrency: usize,
     pub endpoint_concurrency: u32,
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -311,6 +317,18 @@ impl Config {
                 "HOOKRELAY_WORKER_CONCURRENCY",
                 parse_within::<usize>(1..=10_000),
             )?,
+            public_url: r.parse("HOOKRELAY_PUBLIC_URL", |v| {
+                let v = v.trim().trim_end_matches('/');
+                if v.is_empty() {
+                    return Ok(None);
+                }
+                match url::Url::parse(v) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                        Ok(Some(v.to_owned()))
+                    }
+                    _ => Err("must be an absolute http(s) URL".into()),
+                }
+            })?,
             endpoint_concurrency: r.parse(
                 "HOOKRELAY_ENDPOINT_CONCURRENCY",
                 parse_within::<u32>(1..=10_000),

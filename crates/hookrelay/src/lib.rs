@@ -48,6 +48,10 @@ pub struct Running {
         tokio::task::JoinHandle<std::io::Result<()>>,
     )>,
     workers: Option<hookrelay_queue::WorkerHandle>,
+    puller: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl Running {
@@ -56,6 +60,10 @@ impl Running {
     pub async fn stop(self) {
         if let Some((handle, task)) = self.server {
             handle.stop(true).await;
+            let _ = task.await;
+        }
+        if let Some((stop, task)) = self.puller {
+            let _ = stop.send(true);
             let _ = task.await;
         }
         if let Some(workers) = self.workers {
@@ -80,6 +88,10 @@ pub fn api_settings(config: &Config) -> ApiSettings {
         allow_private_targets: config.allow_private_targets,
         org_rate_limit: config.org_rate_limit,
         http_workers: config.http_workers,
+        public_url: config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen)),
     }
 }
 
@@ -131,6 +143,26 @@ pub async fn build(
         None
     };
     let registry = Arc::new(registry);
+    // Hubble pulls run with the workers. Their base URL is user-supplied, so they use the
+    // delivery client: no redirects, every connection's address checked.
+    let puller = roles.workers.then(|| {
+        let settings = worker_settings(config);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(hookrelay_ingest::pull::run(
+            pool.clone(),
+            secrets.clone(),
+            hookrelay_queue::deliver::client(
+                settings.delivery_timeout,
+                settings.allow_private_targets,
+            ),
+            hookrelay_ingest::pull::PullSettings {
+                max_attempts: hookrelay_queue::retry::max_attempts(&settings.retry_schedule),
+                ..Default::default()
+            },
+            stopped,
+        ));
+        (stop, task)
+    });
 
     let (server, api_addr) = if roles.api {
         let listener = listener.context("the API role needs a listener")?;
@@ -156,6 +188,7 @@ pub async fn build(
         pool,
         server,
         workers,
+        puller,
     })
 }
 

@@ -127,7 +127,9 @@ async fn flush_one(
              INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, event_id, event_count, payload, status, created_at)
              SELECT $6, $1, $2, $3, NULL, count(*),
                     CASE (SELECT payload_format FROM hook)
-                        WHEN 'hubble' THEN jsonb_build_object('packets', jsonb_agg(evs.data ORDER BY evs.created_at, evs.id))
+                        WHEN 'hubble' THEN jsonb_build_object('packets', jsonb_agg(
+                            CASE WHEN evs.event = 'hubble.packet' THEN evs.data - 'payload_bytes' ELSE evs.data END
+                            ORDER BY evs.created_at, evs.id))
                         ELSE jsonb_build_object(
                             'event', $3,
                             'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),

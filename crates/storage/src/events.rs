@@ -95,10 +95,23 @@ pub async fn publish(
     events: &[NewEvent],
     max_attempts: i32,
 ) -> Result<Vec<Published>, PublishError> {
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    publish_with_ids(conn, org_id, events, &ids, max_attempts).await
+}
+
+/// [`publish`] with the event ids chosen by the caller (ingest records them with each packet
+/// before publishing); `ids` pairs with `events`.
+pub async fn publish_with_ids(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    events: &[NewEvent],
+    ids: &[Uuid],
+    max_attempts: i32,
+) -> Result<Vec<Published>, PublishError> {
+    assert_eq!(events.len(), ids.len(), "one id per event");
     let mut answers: Vec<Option<Published>> = vec![None; events.len()];
     let mut fresh = Vec::with_capacity(events.len());
-    for (i, event) in events.iter().enumerate() {
-        let id = Uuid::now_v7();
+    for (i, (event, &id)) in events.iter().zip(ids).enumerate() {
         match &event.idempotency_key {
             Some(key) => {
                 match claim_idempotency_key(&mut *conn, org_id, key, &request_hash(event), id)
@@ -273,7 +286,8 @@ async fn insert_all(
              INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, event_id, payload, status, created_at)
              SELECT t.id, $1, t.webhook, ev.event, ev.id,
                     CASE t.format
-                        WHEN 'hubble' THEN jsonb_build_object('packets', jsonb_build_array(ev.data))
+                        WHEN 'hubble' THEN jsonb_build_object('packets', jsonb_build_array(
+                            CASE WHEN ev.event = 'hubble.packet' THEN ev.data - 'payload_bytes' ELSE ev.data END))
                         ELSE jsonb_build_object('id', ev.id, 'event', ev.event, 'timestamp', $8::text,
                                                 'data', ev.data, 'webhook_id', t.webhook)
                     END,

@@ -13,6 +13,7 @@ pub mod organizations;
 pub mod page;
 mod pool;
 pub mod routing;
+pub mod sources;
 pub mod webhooks;
 
 pub use crypto::SecretBox;

@@ -78,7 +78,7 @@ fn idempotency_header(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 }
 
 /// Checks every event, naming each problem by its place (`events[3].data/order_id`).
-async fn validate(
+pub(crate) async fn validate_events(
     state: &ApiState,
     org_id: Uuid,
     events: &[PublishEvent],
@@ -225,7 +225,7 @@ pub async fn publish(
     if let Some(key) = idempotency_header(&req)? {
         event.idempotency_key = Some(key);
     }
-    validate(
+    validate_events(
         &state,
         caller.org_id(),
         std::slice::from_ref(&event),
@@ -261,7 +261,7 @@ pub async fn publish_batch(
             format!("1 to {MAX_BATCH} events"),
         ));
     }
-    validate(&state, caller.org_id(), &events, &|i| {
+    validate_events(&state, caller.org_id(), &events, &|i| {
         format!("events[{i}].")
     })
     .await?;

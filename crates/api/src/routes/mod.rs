@@ -5,8 +5,10 @@ pub mod deliveries;
 pub mod event_types;
 pub mod events;
 pub mod health;
+pub mod ingest;
 pub mod keys;
 pub mod organization;
+pub mod sources;
 pub mod webhooks;
 
 use hookrelay_storage::page::{Cursor, PageRequest};

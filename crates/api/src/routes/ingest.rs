@@ -1,0 +1,235 @@
+//! The ingest URLs that senders call, authenticated by the source's own credential rather than an
+//! API key: Hubble's packet batches (`HTTP-X-HUBBLE-TOKEN`, constant-time) and seed 002's signed
+//! webhooks (`X-Webhook-Signature`, constant-time), each behind the source's IP allowlist. The
+//! whole request is checked before anything is stored; what is stored commits before the answer.
+
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use hookrelay_ingest::{Cidr, hubble};
+use hookrelay_storage::sources::{self, IngestTarget, PacketRow};
+use hookrelay_storage::{StorageError, events::NewEvent};
+use serde::Serialize;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::ApiState;
+use crate::body::read_with_limit;
+use crate::problem::{ApiError, ApiResult, FieldError};
+use crate::routes::events::{PublishEvent, PublishedOut, validate_events};
+
+/// A Hubble batch holds up to 1,000 packets of about 1 KiB: far above the API's usual limit.
+const HUBBLE_MAX_BODY: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestedOut {
+    /// Packets stored and published as `hubble.packet` events.
+    pub accepted: usize,
+    /// Packets already ingested (same device id, sequence number and timestamp): dropped.
+    pub duplicates: usize,
+}
+
+/// Seed 002's verification document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyOut {
+    pub status: String,
+    pub webhook_id: Uuid,
+    pub event_type: String,
+    pub verification_required: bool,
+    pub signature_header: String,
+    pub url: String,
+}
+
+/// The source behind an ingest URL, if it is of `kind` and the caller's address is allowed.
+async fn target(
+    state: &ApiState,
+    req: &HttpRequest,
+    id: Uuid,
+    kind: &str,
+) -> ApiResult<IngestTarget> {
+    let target = match sources::ingest_target(&state.pool, &state.secrets, id).await {
+        Ok(t) if t.source.kind == kind => t,
+        Ok(_) | Err(StorageError::NotFound) => return Err(ApiError::NotFound("source")),
+        Err(e) => return Err(e.into()),
+    };
+    let blocks: Vec<Cidr> = target
+        .source
+        .ip_allowlist
+        .iter()
+        .filter_map(|b| Cidr::parse(b).ok())
+        .collect();
+    let peer = req.peer_addr().map(|a| a.ip());
+    if !blocks.is_empty() && !peer.is_some_and(|ip| hookrelay_ingest::allowed(&blocks, ip)) {
+        tracing::warn!(source_id = %id, ?peer, "ingest refused: address not in the allowlist");
+        return Err(ApiError::Forbidden(
+            "this source does not accept requests from your address".into(),
+        ));
+    }
+    Ok(target)
+}
+
+fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "the request body is empty; a JSON object is expected",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+}
+
+/// Receives a Hubble packet batch exactly as Hubble sends it. Each new packet becomes a
+/// `hubble.packet` event; packets seen before are counted as duplicates and dropped. A malformed
+/// packet rejects the whole batch, naming its index.
+#[utoipa::path(tag = "ingest",
+    params(("source_id" = Uuid, Path), ("HTTP-X-HUBBLE-TOKEN" = String, Header, description = "The source's token")),
+    request_body(content = Object, description = "Hubble's packet batch: {\"packets\": [...]}, up to 1,000 packets"),
+    responses((status = 200, body = IngestedOut), (status = 400, body = crate::problem::Problem),
+              (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
+              (status = 404, body = crate::problem::Problem), (status = 413, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem)))]
+#[post("/ingest/hubble/{source_id}")]
+pub async fn hubble_push(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+    mut payload: web::Payload,
+) -> ApiResult<web::Json<IngestedOut>> {
+    let target = target(&state, &req, *id, "hubble").await?;
+    let given = req
+        .headers()
+        .get("http-x-hubble-token")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !bool::from(given.ct_eq(target.secret.as_bytes())) {
+        return Err(ApiError::Unauthorized);
+    }
+    let bytes = read_with_limit(
+        &req,
+        &mut payload,
+        HUBBLE_MAX_BODY.max(state.settings.max_body),
+    )
+    .await?;
+    let body = parse_json(&bytes)?;
+    let packets = hubble::parse_batch(&body).map_err(|problems| ApiError::Unprocessable {
+        detail: match problems.first() {
+            Some(first) => format!("malformed packet batch: {}: {}", first.field, first.message),
+            None => "malformed packet batch".into(),
+        },
+        errors: problems
+            .into_iter()
+            .map(|p| FieldError::new(p.field, p.message))
+            .collect(),
+    })?;
+    let rows: Vec<PacketRow> = packets.into_iter().map(Into::into).collect();
+    let started = std::time::Instant::now();
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let ingested = sources::record_packets(
+        &mut tx,
+        target.source.org_id,
+        target.source.id,
+        hubble::PACKET_EVENT,
+        &rows,
+        state.max_attempts,
+    )
+    .await
+    .map_err(|e| match e {
+        hookrelay_storage::events::PublishError::Storage(s) => ApiError::from(s),
+        other => ApiError::Internal(Box::new(other)),
+    })?;
+    tx.commit().await.map_err(StorageError::from)?;
+    tracing::info!(
+        org_id = %target.source.org_id, source_id = %target.source.id,
+        accepted = ingested.accepted, duplicates = ingested.duplicates,
+        ms = started.elapsed().as_millis() as u64, "Hubble batch ingested"
+    );
+    Ok(web::Json(IngestedOut {
+        accepted: ingested.accepted,
+        duplicates: ingested.duplicates,
+    }))
+}
+
+/// Receives a signed webhook (seed 002): `X-Webhook-Signature` is the hex HMAC-SHA256 of the raw
+/// body under the source's secret (optionally prefixed `sha256=`). The JSON body is published as
+/// the source's event type.
+#[utoipa::path(tag = "ingest",
+    params(("source_id" = Uuid, Path), ("X-Webhook-Signature" = String, Header, description = "hex HMAC-SHA256 of the body, optionally `sha256=`-prefixed")),
+    request_body(content = Object, description = "The event data, e.g. a temperature_update"),
+    responses((status = 202, body = PublishedOut), (status = 400, body = crate::problem::Problem),
+              (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
+              (status = 404, body = crate::problem::Problem), (status = 413, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem)))]
+#[post("/ingest/{source_id}")]
+pub async fn signed_push(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+    mut payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let target = target(&state, &req, *id, "signed").await?;
+    let bytes = read_with_limit(&req, &mut payload, state.settings.max_body).await?;
+    let signature = req
+        .headers()
+        .get("x-webhook-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if hookrelay_signer::verify_seed(target.secret.as_bytes(), signature, &bytes).is_err() {
+        return Err(ApiError::Unauthorized);
+    }
+    let data = parse_json(&bytes)?;
+    let event = target
+        .source
+        .event_type
+        .clone()
+        .ok_or(ApiError::NotFound("source"))?;
+    let candidate = PublishEvent {
+        event: event.clone(),
+        data,
+        idempotency_key: None,
+    };
+    validate_events(
+        &state,
+        target.source.org_id,
+        std::slice::from_ref(&candidate),
+        &|_| String::new(),
+    )
+    .await?;
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut published = hookrelay_storage::events::publish(
+        &mut conn,
+        target.source.org_id,
+        &[NewEvent {
+            event,
+            data: candidate.data,
+            idempotency_key: None,
+            source_id: Some(target.source.id),
+        }],
+        state.max_attempts,
+    )
+    .await
+    .map_err(|e| match e {
+        hookrelay_storage::events::PublishError::Storage(s) => ApiError::from(s),
+        other => ApiError::Internal(Box::new(other)),
+    })?;
+    Ok(HttpResponse::Accepted().json(PublishedOut::from(published.remove(0))))
+}
+
+/// Seed 002's verification endpoint: how to call this signed source.
+#[utoipa::path(tag = "ingest", params(("source_id" = Uuid, Path)),
+    responses((status = 200, body = VerifyOut), (status = 404, body = crate::problem::Problem)))]
+#[get("/ingest/{source_id}/verify")]
+pub async fn verify(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+) -> ApiResult<web::Json<VerifyOut>> {
+    let target = target(&state, &req, *id, "signed").await?;
+    let base = state.settings.public_url.trim_end_matches('/');
+    Ok(web::Json(VerifyOut {
+        status: "success".into(),
+        webhook_id: target.source.id,
+        event_type: target.source.event_type.unwrap_or_default(),
+        verification_required: true,
+        signature_header: "X-Webhook-Signature".into(),
+        url: format!("{base}/ingest/{}", target.source.id),
+    }))
+}

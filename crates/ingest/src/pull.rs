@@ -1,0 +1,213 @@
+//! Hubble pull: for sources that carry a Hubble API base URL, org id and token, stream
+//! `GET {base}/api/org/{org_id}/packets` page by page with the `Continuation-Token` header.
+//! Each page's packets and the token that follows them commit in one transaction, so a restart
+//! resumes exactly after the last stored page. Pacing follows Hubble: at most 3 requests/s per
+//! stream, `Retry-After` on an empty stream and on 429, exponential back-off on errors.
+
+use chrono::Utc;
+use hookrelay_storage::SecretBox;
+use hookrelay_storage::sources::{self, PacketRow, PullJob};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::IngestError;
+use crate::hubble::{self, PACKET_EVENT};
+
+#[derive(Debug, Clone)]
+pub struct PullSettings {
+    /// How long a claimed pull stays with this worker (longer than a request can take).
+    pub lease: Duration,
+    /// Attempts each published event's deliveries get.
+    pub max_attempts: i32,
+    /// Shortest gap between two requests of one stream: Hubble allows 3 per second.
+    pub min_interval: Duration,
+    /// Wait on an empty stream when Hubble gives no Retry-After.
+    pub idle_wait: Duration,
+    /// Longest wait Hubble may ask for, and the longest back-off.
+    pub max_wait: Duration,
+    /// Largest page body accepted.
+    pub max_page_bytes: usize,
+}
+
+impl Default for PullSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(120),
+            max_attempts: 6,
+            min_interval: Duration::from_millis(334),
+            idle_wait: Duration::from_secs(5),
+            max_wait: Duration::from_secs(300),
+            max_page_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Polls due pulls until `stopped`. `client` must be the delivery client (no redirects, targets
+/// checked at connect time) since the base URL is user-supplied.
+pub async fn run(
+    pool: PgPool,
+    secrets: SecretBox,
+    client: reqwest::Client,
+    settings: PullSettings,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let wait = match sources::claim_pull(&pool, &secrets, settings.lease).await {
+            Ok(Some(job)) => {
+                let span =
+                    tracing::info_span!("hubble_pull", org_id = %job.org_id, source_id = %job.id);
+                poll_once(&pool, &client, &settings, &job)
+                    .instrument(span)
+                    .await;
+                Duration::ZERO
+            }
+            Ok(None) => Duration::from_millis(200),
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming a Hubble pull failed");
+                Duration::from_secs(1)
+            }
+        };
+        if wait.is_zero() {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped.changed() => {}
+        }
+    }
+}
+
+/// One request of one stream, and its bookkeeping. Errors are recorded on the source.
+pub async fn poll_once(
+    pool: &PgPool,
+    client: &reqwest::Client,
+    settings: &PullSettings,
+    job: &PullJob,
+) {
+    let outcome = fetch_and_store(pool, client, settings, job).await;
+    let (next_in, error) = match outcome {
+        Ok(next_in) => (next_in, None),
+        Err(err) => {
+            let backoff = Duration::from_secs(1u64 << job.pull_failures.clamp(0, 9) as u32)
+                .min(settings.max_wait);
+            tracing::warn!(error = %err, failures = job.pull_failures + 1, "Hubble pull failed; backing off {backoff:?}");
+            (backoff, Some(err.to_string()))
+        }
+    };
+    // A successful page already stored its token and schedule in its own transaction.
+    if let Some(error) = error {
+        let next_at = Utc::now() + chrono::Duration::from_std(next_in).unwrap_or_default();
+        if let Err(err) = sources::finish_pull(pool, job, None, next_at, Some(&error)).await {
+            tracing::warn!(error = %err, "recording a failed Hubble pull failed");
+        }
+    }
+}
+
+fn header_seconds(resp: &reqwest::Response, max: Duration) -> Option<Duration> {
+    resp.headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s).min(max))
+}
+
+/// Returns how long to wait before the next request of this stream.
+async fn fetch_and_store(
+    pool: &PgPool,
+    client: &reqwest::Client,
+    settings: &PullSettings,
+    job: &PullJob,
+) -> Result<Duration, IngestError> {
+    let url = format!(
+        "{}/api/org/{}/packets",
+        job.pull_base_url.trim_end_matches('/'),
+        job.pull_hubble_org_id
+    );
+    let mut request = client.get(&url).bearer_auth(&job.pull_api_token);
+    if let Some(token) = job.pull_continuation_token.as_deref() {
+        request = request.header("Continuation-Token", token);
+    }
+    let mut resp = request.send().await?;
+    let status = resp.status();
+    let retry_after = header_seconds(&resp, settings.max_wait);
+    if status.as_u16() == 429 {
+        // Hubble asks us to slow down: not a failure, just a wait.
+        let wait = retry_after.unwrap_or(Duration::from_secs(1));
+        let next_at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+        sources::finish_pull(pool, job, None, next_at, None).await?;
+        tracing::info!(wait = ?wait, "Hubble answered 429");
+        return Ok(wait);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > settings.max_page_bytes {
+            return Err(IngestError::BadPage(format!(
+                "larger than {} bytes",
+                settings.max_page_bytes
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        return Err(IngestError::Upstream {
+            status: status.as_u16(),
+            detail: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        });
+    }
+    let token = resp
+        .headers()
+        .get("continuation-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let page: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| IngestError::BadPage(e.to_string()))?;
+    let packets = hubble::parse_batch(&page).map_err(|problems| {
+        IngestError::BadPage(
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    // Hubble's empty token means "no new packets yet": keep polling from the token we hold.
+    let token = token.filter(|t| !t.is_empty());
+    let drained = packets.is_empty() || token.is_none();
+    let wait = if drained {
+        retry_after.unwrap_or(settings.idle_wait)
+    } else {
+        settings.min_interval
+    };
+    let rows: Vec<PacketRow> = packets.into_iter().map(Into::into).collect();
+    let mut tx = pool.begin().await?;
+    let ingested = sources::record_packets(
+        &mut tx,
+        job.org_id,
+        job.id,
+        PACKET_EVENT,
+        &rows,
+        settings.max_attempts,
+    )
+    .await
+    .map_err(|e| match e {
+        hookrelay_storage::events::PublishError::Storage(s) => IngestError::Storage(s),
+        other => IngestError::BadPage(other.to_string()),
+    })?;
+    let next_at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+    sources::finish_pull(&mut *tx, job, token.as_deref(), next_at, None).await?;
+    tx.commit().await?;
+    tracing::info!(
+        accepted = ingested.accepted,
+        duplicates = ingested.duplicates,
+        "Hubble page stored"
+    );
+    Ok(wait)
+}

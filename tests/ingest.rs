@@ -1,0 +1,651 @@
+//! Ingestion end to end: Hubble batches pushed to a source's ingest URL (token, dedupe, malformed
+//! packets), Hubble pulls against a fake Hubble server (paging, 429, a restart mid-stream),
+//! seed 002's signed inbound webhooks, and the whole story from a 1,000-packet batch to three
+//! partner webhooks.
+
+use hookrelay_signer::{Secret, sign_seed_with_key, verify_seed};
+use hookrelay_tests::receiver::Receiver;
+use hookrelay_tests::{Org, TestApp, eventually, status_json};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+fn device_id(d: usize) -> String {
+    format!("7b0c6a1e-4f2d-4c8a-9e1b-{d:012}")
+}
+
+fn packet(device: usize, seq: usize) -> Value {
+    let location = if device.is_multiple_of(5) {
+        "warehouse-a"
+    } else {
+        "yard-b"
+    };
+    json!({
+        "location": {"latitude": 52.37, "longitude": 4.89, "altitude": 2.0, "timestamp": 1_763_000_000 + seq},
+        "device": {
+            "id": device_id(device), "name": format!("pallet-{device}"),
+            "tags": {"_env": "production", "location": location},
+            "payload": "3q2+7w==", "rssi": -80, "timestamp": 1_763_000_000 + seq,
+            "counter": seq, "sequence_number": seq
+        },
+        "network_type": "TERRESTRIAL"
+    })
+}
+
+async fn create_source(app: &TestApp, org: &Org, body: Value) -> Value {
+    let (status, source) = status_json(
+        app.req(Method::POST, "/api/v1/sources", &org.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{source}");
+    source
+}
+
+async fn push(app: &TestApp, source: &Value, token: &str, body: &Value) -> (u16, Value) {
+    status_json(
+        app.http
+            .post(local(app, &source["ingest_url"]))
+            .header("HTTP-X-HUBBLE-TOKEN", token)
+            .json(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// A URL the service printed (its public URL defaults to HOOKRELAY_LISTEN), on the port this
+/// test's service actually listens on.
+fn local(app: &TestApp, url: &Value) -> String {
+    let url = url.as_str().expect("a URL");
+    let path = &url[url.find("/ingest/").expect("an ingest URL")..];
+    app.url(path)
+}
+
+async fn count(app: &TestApp, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hubble_batch_reaches_three_partners_exactly_as_each_should_and_replays_are_duplicates() {
+    let app = TestApp::spawn_with(&[("HOOKRELAY_BATCH_LINGER", "300ms")]).await;
+    let org = app.create_org("fleet").await;
+    // Hubble generated this token when the ingest URL was registered with it.
+    let hubble_token = "hubble-generated-token-0123456789";
+    let source = create_source(
+        &app,
+        &org,
+        json!({"kind": "hubble", "name": "Hubble fleet", "token": hubble_token}),
+    )
+    .await;
+    assert_eq!(source["token"], hubble_token);
+    assert!(source["ingest_url"].as_str().unwrap().ends_with(&format!(
+        "/ingest/hubble/{}",
+        source["id"].as_str().unwrap()
+    )));
+
+    let warehouse = Receiver::start().await;
+    let hubble_format = Receiver::start().await;
+    let everything = Receiver::start().await;
+    let warehouse_hook = app
+        .create_webhook(
+            &org,
+            json!({"url": warehouse.url, "events": ["hubble.packet"],
+                   "filter": {"/device/tags/location": "warehouse-a"}}),
+        )
+        .await;
+    let hubble_hook = app
+        .create_webhook(
+            &org,
+            json!({"url": hubble_format.url, "events": ["hubble.*"],
+                   "payload_format": "hubble", "max_batch_size": 100}),
+        )
+        .await;
+    let everything_hook = app
+        .create_webhook(&org, json!({"url": everything.url, "events": ["*"]}))
+        .await;
+
+    // 1,000 packets from 50 devices (20 each); devices 0, 5, 10, … are in warehouse-a.
+    let packets: Vec<Value> = (0..1000).map(|i| packet(i % 50, i / 50)).collect();
+    let batch = json!({ "packets": packets });
+    let started = Instant::now();
+    let (status, answer) = push(&app, &source, hubble_token, &batch).await;
+    let ingest_time = started.elapsed();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"accepted": 1000, "duplicates": 0}));
+    println!("ingest: a 1,000-packet Hubble batch answered in {ingest_time:?}");
+    assert!(
+        ingest_time < Duration::from_secs(10),
+        "inside Hubble's 10 s window"
+    );
+
+    let key = |p: &Value| {
+        (
+            p["device"]["id"].as_str().unwrap().to_owned(),
+            p["device"]["sequence_number"].as_u64().unwrap(),
+        )
+    };
+    let warehouse_expected: HashSet<_> = packets
+        .iter()
+        .filter(|p| p["device"]["tags"]["location"] == "warehouse-a")
+        .map(key)
+        .collect();
+    assert_eq!(warehouse_expected.len(), 200);
+
+    // Filtered partner: each warehouse-a packet once, in the envelope, signed.
+    let hits = warehouse.wait_for(200, Duration::from_secs(30)).await;
+    let secret = Secret::parse(warehouse_hook["secret"].as_str().unwrap()).unwrap();
+    let mut got = HashSet::new();
+    for hit in &hits {
+        verify_seed(
+            secret.as_str().as_bytes(),
+            hit.header("x-webhook-signature"),
+            &hit.body,
+        )
+        .expect("signed");
+        let body = hit.json();
+        assert_eq!(body["event"], "hubble.packet");
+        assert_eq!(
+            body["data"]["payload_bytes"], 4,
+            "the decoded payload length"
+        );
+        assert!(got.insert(key(&body["data"])), "each packet once");
+    }
+    assert_eq!(got, warehouse_expected);
+
+    // Hubble-format partner: batches of ≤ 100, exactly Hubble's packets, every one once.
+    let expected_batches = 10;
+    let hits = hubble_format
+        .wait_for(expected_batches, Duration::from_secs(30))
+        .await;
+    let mut seen = HashMap::new();
+    for hit in &hits {
+        assert_eq!(
+            hit.header("http-x-hubble-token"),
+            hubble_hook["secret"].as_str().unwrap()
+        );
+        let batch = hit.json()["packets"].as_array().unwrap().clone();
+        assert!(batch.len() <= 100);
+        for p in batch {
+            assert!(
+                p.get("payload_bytes").is_none(),
+                "Hubble's packet, unchanged"
+            );
+            *seen.entry(key(&p)).or_insert(0) += 1;
+            assert_eq!(
+                p,
+                packets[p["device"]["sequence_number"].as_u64().unwrap() as usize * 50
+                    + (0..50)
+                        .find(|d| device_id(*d) == p["device"]["id"])
+                        .unwrap()]
+            );
+        }
+    }
+    assert_eq!(seen.len(), 1000);
+    assert!(seen.values().all(|&n| n == 1));
+
+    // Plain partner: every packet, one request each.
+    let hits = everything.wait_for(1000, Duration::from_secs(60)).await;
+    let plain: HashSet<_> = hits.iter().map(|h| key(&h.json()["data"])).collect();
+    assert_eq!((hits.len(), plain.len()), (1000, 1000));
+    let _ = everything_hook;
+
+    // Hubble retries a batch it thinks failed: nothing new is published.
+    let (status, answer) = push(&app, &source, hubble_token, &batch).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer, json!({"accepted": 0, "duplicates": 1000}));
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM events WHERE event = 'hubble.packet'"
+        )
+        .await,
+        1000
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(warehouse.hits().len(), 200);
+    assert_eq!(everything.hits().len(), 1000);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubble_push_refuses_bad_tokens_sources_and_packets_storing_nothing() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("fleet").await;
+    let other = app.create_org("other").await;
+    let source = create_source(&app, &org, json!({"kind": "hubble", "name": "h"})).await;
+    let token = source["token"].as_str().unwrap().to_owned();
+    assert!(token.len() >= 32, "a generated token");
+    let (_, shown) = status_json(
+        app.req(
+            Method::GET,
+            &format!("/api/v1/sources/{}", source["id"].as_str().unwrap()),
+            &org.token,
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert!(shown.get("token").is_none(), "shown once: {shown}");
+    // Another organization cannot see it.
+    let (status, _) = status_json(
+        app.req(
+            Method::GET,
+            &format!("/api/v1/sources/{}", source["id"].as_str().unwrap()),
+            &other.token,
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let good = json!({"packets": [packet(1, 1)]});
+    for wrong in ["", "nope", &token[..token.len() - 1]] {
+        let (status, problem) = push(&app, &source, wrong, &good).await;
+        assert_eq!(status, 401, "{problem}");
+    }
+    let mut unknown = source.clone();
+    unknown["ingest_url"] = json!(app.url(&format!("/ingest/hubble/{}", uuid::Uuid::new_v4())));
+    assert_eq!(push(&app, &unknown, &token, &good).await.0, 404);
+
+    let mut broken = packet(2, 7);
+    broken["device"]["id"] = json!(42);
+    let (status, problem) = push(
+        &app,
+        &source,
+        &token,
+        &json!({"packets": [packet(1, 1), packet(1, 2), broken]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "packets[2].device.id");
+    for (body, expected) in [
+        (b"{\"packets\": [".to_vec(), 400),
+        (b"[]".to_vec(), 422),
+        (b"{\"packets\": \"many\"}".to_vec(), 422),
+    ] {
+        let resp = app
+            .http
+            .post(local(&app, &source["ingest_url"]))
+            .header("HTTP-X-HUBBLE-TOKEN", &token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, problem) = status_json(resp).await;
+        assert_eq!(status, expected, "{problem}");
+        assert_eq!(problem["status"], expected);
+    }
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM events").await,
+        0,
+        "nothing half-stored"
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM ingested_packets").await,
+        0
+    );
+
+    // Duplicates inside one batch count as duplicates too.
+    let (status, answer) = push(
+        &app,
+        &source,
+        &token,
+        &json!({"packets": [packet(1, 1), packet(1, 1)]}),
+    )
+    .await;
+    assert_eq!(
+        (status, answer),
+        (200, json!({"accepted": 1, "duplicates": 1}))
+    );
+
+    // An allowlist that excludes 127.0.0.1: 403, nothing stored.
+    let (status, _) = status_json(
+        app.req(
+            Method::PATCH,
+            &format!("/api/v1/sources/{}", source["id"].as_str().unwrap()),
+            &org.token,
+        )
+        .json(&json!({"ip_allowlist": ["10.0.0.0/8"]}))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        push(&app, &source, &token, &json!({"packets": [packet(3, 3)]}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM events").await, 1);
+
+    // Bad source definitions are 400s naming the field.
+    for (body, field) in [
+        (json!({"kind": "signed", "name": "s"}), "event_type"),
+        (
+            json!({"kind": "signed", "name": "s", "event_type": "no.such_type"}),
+            "event_type",
+        ),
+        (
+            json!({"kind": "hubble", "name": "h", "event_type": "temperature_update"}),
+            "event_type",
+        ),
+        (
+            json!({"kind": "hubble", "name": "h", "token": "short"}),
+            "token",
+        ),
+        (
+            json!({"kind": "hubble", "name": "h", "ip_allowlist": ["10.0.0.1/8"]}),
+            "ip_allowlist[0]",
+        ),
+        (
+            json!({"kind": "signed", "name": "s", "event_type": "temperature_update",
+                "pull": {"base_url": "https://api.hubble.com", "org_id": "o", "api_token": "t"}}),
+            "pull",
+        ),
+        (
+            json!({"kind": "hubble", "name": "h",
+                "pull": {"base_url": "ftp://x", "org_id": "o", "api_token": "t"}}),
+            "pull.base_url",
+        ),
+        (json!({"kind": "pigeon", "name": "h"}), "kind"),
+    ] {
+        let (status, problem) = status_json(
+            app.req(Method::POST, "/api/v1/sources", &org.token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_inbound_webhooks_are_verified_and_published_as_their_event_type() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("devices").await;
+    let rx = Receiver::start().await;
+    app.create_webhook(
+        &org,
+        json!({"url": rx.url, "events": ["temperature_update"]}),
+    )
+    .await;
+    let source = create_source(
+        &app,
+        &org,
+        json!({"kind": "signed", "name": "ThermoWorks", "event_type": "temperature_update",
+               "secret": "your-webhook-secret-0123"}),
+    )
+    .await;
+    let url = local(&app, &source["ingest_url"]);
+    let (status, doc) = status_json(
+        app.http
+            .get(local(&app, &source["verify_url"]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        doc,
+        json!({"status": "success", "webhook_id": source["id"], "event_type": "temperature_update",
+               "verification_required": true, "signature_header": "X-Webhook-Signature", "url": source["ingest_url"]})
+    );
+
+    // Seed 002's own example: `openssl dgst -sha256 -hmac "$SECRET"` over the raw body.
+    let payload = r#"{"device_id":"test_device","device_name":"Test Device","model":"Test","battery_level":100,"signal_strength":100,"is_online":true,"probes":[{"probe_id":"1","temperature":225.5,"unit":"F","timestamp":"2025-07-20T14:30:00Z"}]}"#;
+    let signature = sign_seed_with_key(b"your-webhook-secret-0123", payload.as_bytes());
+    let hex = signature.trim_start_matches("sha256=").to_owned();
+    for header in [hex.clone(), format!("sha256={hex}")] {
+        let (status, answer) = status_json(
+            app.http
+                .post(&url)
+                .header("X-Webhook-Signature", header)
+                .header("content-type", "application/json")
+                .body(payload)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["deliveries"], 1);
+    }
+    let hits = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[0].json()["event"], "temperature_update");
+    assert_eq!(
+        hits[0].json()["data"],
+        serde_json::from_str::<Value>(payload).unwrap()
+    );
+
+    for (signature, body) in [
+        ("", payload.to_owned()),
+        ("deadbeef", payload.to_owned()),
+        (hex.as_str(), payload.replace("225.5", "999.9")),
+    ] {
+        let status = app
+            .http
+            .post(&url)
+            .header("X-Webhook-Signature", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+    }
+    let not_json = "temperature=225";
+    let status = app
+        .http
+        .post(&url)
+        .header(
+            "X-Webhook-Signature",
+            sign_seed_with_key(b"your-webhook-secret-0123", not_json.as_bytes()),
+        )
+        .body(not_json)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 400);
+    assert_eq!(count(&app, "SELECT count(*) FROM events").await, 2);
+    app.stop().await;
+}
+
+/// A fake Hubble packets API for the pull tests: 250 packets in pages of 100, a 429 the first
+/// time the second page is asked for, an empty stream after the last page.
+mod fake_hubble {
+    use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    #[derive(Default)]
+    pub struct State {
+        pub requests: Vec<(Instant, Option<String>, String)>,
+        pub throttled_once: bool,
+    }
+
+    async fn packets(
+        req: HttpRequest,
+        path: web::Path<String>,
+        state: web::Data<Arc<Mutex<State>>>,
+    ) -> HttpResponse {
+        let token = req
+            .headers()
+            .get("continuation-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut s = state.lock().unwrap();
+        s.requests
+            .push((Instant::now(), token.clone(), auth.clone()));
+        if path.as_str() != "hubble-org-1" || auth != "Bearer hubble-api-token" {
+            return HttpResponse::Unauthorized().finish();
+        }
+        let page = match token.as_deref() {
+            None => 0,
+            Some("p1") if !s.throttled_once => {
+                s.throttled_once = true;
+                return HttpResponse::TooManyRequests()
+                    .insert_header(("Retry-After", "1"))
+                    .finish();
+            }
+            Some("p1") => 1,
+            Some("p2") => 2,
+            Some(_) => 3,
+        };
+        let range = match page {
+            0 => 0..100,
+            1 => 100..200,
+            2 => 200..250,
+            _ => 0..0,
+        };
+        let packets: Vec<_> = range.map(|i| super::packet(i % 25, i / 25)).collect();
+        let mut resp = HttpResponse::Ok();
+        if page < 3 {
+            resp.insert_header(("Continuation-Token", format!("p{}", page + 1)));
+        } else {
+            resp.insert_header(("Continuation-Token", ""))
+                .insert_header(("Retry-After", "1"));
+        }
+        resp.json(serde_json::json!({ "packets": packets }))
+    }
+
+    pub fn start(
+        listener: std::net::TcpListener,
+        state: Arc<Mutex<State>>,
+    ) -> actix_web::dev::ServerHandle {
+        let data = web::Data::new(state);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/api/org/{org_id}/packets", web::get().to(packets))
+        })
+        .listen(listener)
+        .unwrap()
+        .workers(1)
+        .disable_signals()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        handle
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hubble_pull_pages_with_continuation_tokens_survives_429_and_a_restart_mid_stream() {
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(Mutex::new(fake_hubble::State::default()));
+    let hubble = fake_hubble::start(listener, state.clone());
+
+    let app = TestApp::spawn().await;
+    let org = app.create_org("pulling").await;
+    let rx = Receiver::start().await;
+    app.create_webhook(&org, json!({"url": rx.url, "events": ["hubble.packet"]}))
+        .await;
+    let source = create_source(
+        &app,
+        &org,
+        json!({"kind": "hubble", "name": "pulled",
+               "pull": {"base_url": format!("http://{addr}"), "org_id": "hubble-org-1", "api_token": "hubble-api-token"}}),
+    )
+    .await;
+    assert!(
+        source["pull"].get("api_token").is_none(),
+        "the Hubble token is never shown"
+    );
+    let source_path = format!("/api/v1/sources/{}", source["id"].as_str().unwrap());
+
+    // Page 0 is stored; page 1 is refused with 429 once and then served.
+    let pulled_two = eventually(Duration::from_secs(10), || async { rx.hits().len() >= 200 }).await;
+    assert!(pulled_two, "two pages arrived: {}", rx.hits().len());
+    // Hubble restarts mid-stream: requests fail for a while, then the same address serves again.
+    hubble.stop(false).await;
+    let (_, shown) = status_json(
+        app.req(Method::GET, &source_path, &org.token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let token_at_restart = shown["pull"]["continuation_token"]
+        .as_str()
+        .map(str::to_owned);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let hubble = fake_hubble::start(listener, state.clone());
+
+    let all = rx.wait_for(250, Duration::from_secs(20)).await;
+    assert_eq!(all.len(), 250);
+    let unique: HashSet<_> = all
+        .iter()
+        .map(|h| {
+            let d = &h.json()["data"]["device"];
+            (
+                d["id"].as_str().unwrap().to_owned(),
+                d["sequence_number"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(unique.len(), 250, "every packet once");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rx.hits().len(),
+        250,
+        "the empty stream publishes nothing more"
+    );
+
+    let requests = state.lock().unwrap().requests.clone();
+    let tokens: Vec<Option<&str>> = requests.iter().map(|r| r.1.as_deref()).collect();
+    assert_eq!(
+        tokens.iter().filter(|t| t.is_none()).count(),
+        1,
+        "the stream started once: {tokens:?}"
+    );
+    assert!(tokens.contains(&Some("p3")), "{tokens:?}");
+    // After the restart it resumed from the stored token, not from the start.
+    assert!(token_at_restart.is_some());
+    assert!(requests.iter().all(|r| r.2 == "Bearer hubble-api-token"));
+    for pair in requests.windows(2) {
+        assert!(
+            pair[1].0.duration_since(pair[0].0) >= Duration::from_millis(300),
+            "at most 3 requests per second"
+        );
+    }
+    let (_, shown) = status_json(
+        app.req(Method::GET, &source_path, &org.token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(shown["pull"]["continuation_token"], "p3", "{shown}");
+    hubble.stop(false).await;
+    app.stop().await;
+}
