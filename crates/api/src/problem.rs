@@ -121,6 +121,25 @@ pub fn not_found_as(what: &'static str) -> impl Fn(StorageError) -> ApiError {
     }
 }
 
+/// A reused idempotency key is the caller's mistake (422); the rest is storage's.
+impl From<hookrelay_storage::events::PublishError> for ApiError {
+    fn from(err: hookrelay_storage::events::PublishError) -> Self {
+        use hookrelay_storage::events::PublishError;
+        match err {
+            PublishError::IdempotencyMismatch(key) => Self::Unprocessable {
+                detail: format!(
+                    "the idempotency key {key:?} was used for a different request in the last 24 h"
+                ),
+                errors: vec![FieldError::new(
+                    "idempotency_key",
+                    "reused with a different request",
+                )],
+            },
+            PublishError::Storage(e) => e.into(),
+        }
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(err: StorageError) -> Self {
         match err {

@@ -26,6 +26,11 @@ const RESERVED_HEADERS: &[&str] = &[
     "http-x-hubble-token",
 ];
 
+/// Keeps a field's value, or records its error so every problem is reported at once.
+pub fn collect<T>(result: Result<T, FieldError>, errors: &mut Vec<FieldError>) -> Option<T> {
+    result.map_err(|e| errors.push(e)).ok()
+}
+
 pub async fn url(raw: &str, settings: &ApiSettings) -> Result<String, FieldError> {
     let err = |m: String| FieldError::new("url", m);
     if raw.len() > MAX_URL_LEN {

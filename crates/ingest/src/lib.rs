@@ -19,6 +19,8 @@ pub enum IngestError {
     Http(#[from] reqwest::Error),
     #[error("Hubble's page is not a packet batch: {0}")]
     BadPage(String),
+    #[error(transparent)]
+    Publish(#[from] hookrelay_storage::events::PublishError),
 }
 
 impl From<sqlx::Error> for IngestError {

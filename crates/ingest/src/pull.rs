@@ -196,11 +196,7 @@ async fn fetch_and_store(
         &rows,
         settings.max_attempts,
     )
-    .await
-    .map_err(|e| match e {
-        hookrelay_storage::events::PublishError::Storage(s) => IngestError::Storage(s),
-        other => IngestError::BadPage(other.to_string()),
-    })?;
+    .await?;
     let next_at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
     sources::finish_pull(&mut *tx, job, token.as_deref(), next_at, None).await?;
     tx.commit().await?;

@@ -2,7 +2,7 @@
 //! queue entries are committed, so a crash after the answer loses nothing.
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
-use hookrelay_storage::events::{self, NewEvent, PublishError, Published};
+use hookrelay_storage::events::{self, NewEvent, Published};
 use hookrelay_storage::{StorageError, catalog};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -179,30 +179,14 @@ pub(crate) async fn validate_events(
 }
 
 async fn store(state: &ApiState, org_id: Uuid, events: Vec<NewEvent>) -> ApiResult<Vec<Published>> {
-    let map_error = |e| match e {
-        PublishError::IdempotencyMismatch(key) => ApiError::Unprocessable {
-            detail: format!(
-                "the idempotency key {key:?} was used for a different request in the last 24 h"
-            ),
-            errors: vec![FieldError::new(
-                "idempotency_key",
-                "reused with a different request",
-            )],
-        },
-        PublishError::Storage(e) => e.into(),
-    };
     // Without idempotency keys the publish is a single atomic statement; with them, the key and
     // the events must commit together.
     if events.iter().all(|e| e.idempotency_key.is_none()) {
         let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
-        return events::publish(&mut conn, org_id, &events, state.max_attempts)
-            .await
-            .map_err(map_error);
+        return Ok(events::publish(&mut conn, org_id, &events, state.max_attempts).await?);
     }
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
-    let published = events::publish(&mut tx, org_id, &events, state.max_attempts)
-        .await
-        .map_err(map_error)?;
+    let published = events::publish(&mut tx, org_id, &events, state.max_attempts).await?;
     tx.commit().await.map_err(StorageError::from)?;
     Ok(published)
 }

@@ -131,11 +131,7 @@ pub async fn hubble_push(
         &rows,
         state.max_attempts,
     )
-    .await
-    .map_err(|e| match e {
-        hookrelay_storage::events::PublishError::Storage(s) => ApiError::from(s),
-        other => ApiError::Internal(Box::new(other)),
-    })?;
+    .await?;
     tx.commit().await.map_err(StorageError::from)?;
     tracing::info!(
         org_id = %target.source.org_id, source_id = %target.source.id,
@@ -205,11 +201,7 @@ pub async fn signed_push(
         }],
         state.max_attempts,
     )
-    .await
-    .map_err(|e| match e {
-        hookrelay_storage::events::PublishError::Storage(s) => ApiError::from(s),
-        other => ApiError::Internal(Box::new(other)),
-    })?;
+    .await?;
     Ok(HttpResponse::Accepted().json(PublishedOut::from(published.remove(0))))
 }
 

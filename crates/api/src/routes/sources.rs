@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::body::Json;
 use crate::problem::{ApiError, ApiResult, FieldError, not_found_as};
 use crate::routes::{ListResponse, nullable, page_request};
-use crate::validate;
+use crate::validate::{self, collect};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -146,10 +146,6 @@ pub struct UpdateSource {
     pub pull: Option<Option<PullIn>>,
 }
 
-fn collect<T>(result: Result<T, FieldError>, errors: &mut Vec<FieldError>) -> Option<T> {
-    result.map_err(|e| errors.push(e)).ok()
-}
-
 fn name(text: &str) -> Result<String, FieldError> {
     let text = text.trim();
     if text.is_empty() || text.chars().count() > 200 {
@@ -203,7 +199,11 @@ async fn event_type(
     })
 }
 
-async fn pull_config(state: &ApiState, pull: &PullIn) -> Vec<FieldError> {
+/// The pull target, checked; every problem at once otherwise.
+async fn pull_config(
+    state: &ApiState,
+    pull: &PullIn,
+) -> Result<sources::PullConfig, Vec<FieldError>> {
     let mut errors = Vec::new();
     if let Err(mut e) = validate::url(&pull.base_url, &state.settings).await {
         e.field = "pull.base_url".into();
@@ -230,7 +230,14 @@ async fn pull_config(state: &ApiState, pull: &PullIn) -> Vec<FieldError> {
             "1 to 4096 visible ASCII characters",
         ));
     }
-    errors
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(sources::PullConfig {
+        base_url: pull.base_url.clone(),
+        hubble_org_id: pull.org_id.clone(),
+        api_token: pull.api_token.clone(),
+    })
 }
 
 fn generated_credential() -> ApiResult<String> {
@@ -302,14 +309,10 @@ pub async fn create(
             errors.push(FieldError::new("pull", "only Hubble sources pull"));
             None
         }
-        (_, Some(p)) => {
-            errors.extend(pull_config(&state, p).await);
-            Some(sources::PullConfig {
-                base_url: p.base_url.clone(),
-                hubble_org_id: p.org_id.clone(),
-                api_token: p.api_token.clone(),
-            })
-        }
+        (_, Some(p)) => pull_config(&state, p)
+            .await
+            .map_err(|found| errors.extend(found))
+            .ok(),
         (_, None) => None,
     };
     if !errors.is_empty() {
@@ -446,14 +449,10 @@ pub async fn update(
     }
     match (&body.pull, signed) {
         (Some(Some(_)), true) => errors.push(FieldError::new("pull", "only Hubble sources pull")),
-        (Some(Some(p)), false) => {
-            errors.extend(pull_config(&state, p).await);
-            changes.pull = Some(Some(sources::PullConfig {
-                base_url: p.base_url.clone(),
-                hubble_org_id: p.org_id.clone(),
-                api_token: p.api_token.clone(),
-            }));
-        }
+        (Some(Some(p)), false) => match pull_config(&state, p).await {
+            Ok(config) => changes.pull = Some(Some(config)),
+            Err(found) => errors.extend(found),
+        },
         (Some(None), _) => changes.pull = Some(None),
         (None, _) => {}
     }

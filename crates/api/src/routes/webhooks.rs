@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::body::{self, Json};
 use crate::problem::{ApiError, ApiResult, FieldError, not_found_as};
 use crate::routes::{ListResponse, nullable, page_request};
-use crate::validate;
+use crate::validate::{self, collect};
 
 /// How a delivery's body is shaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -133,10 +133,6 @@ pub struct CreateWebhook {
     pub payload_format: Option<PayloadFormat>,
     #[schema(minimum = 1, maximum = 10000)]
     pub rate_limit_per_second: Option<i32>,
-}
-
-fn collect<T>(result: Result<T, FieldError>, errors: &mut Vec<FieldError>) -> Option<T> {
-    result.map_err(|e| errors.push(e)).ok()
 }
 
 /// Creates a webhook. The answer carries its secret.
