@@ -5,7 +5,11 @@
 #   scripts/pg.sh test   a throwaway cluster for `make test`: .data/postgres-test, port 54339,
 #                        fsync off (tests need correctness, not durability across power loss)
 #   scripts/pg.sh bench  a cluster for `make bench`: .data/postgres-bench, port 54349, durable
-#   scripts/pg.sh stop [run|test|bench]   stops that cluster (default: all three)
+#   scripts/pg.sh fault  a cluster the fault tests restart under load: .data/postgres-fault,
+#                        port 54359, fsync off (never DATABASE_URL: restarting it must not
+#                        disturb other tests)
+#   scripts/pg.sh restart fault           restarts that cluster (pg_ctl restart -m fast)
+#   scripts/pg.sh stop [run|test|bench|fault]   stops that cluster (default: all)
 #
 # A reachable $DATABASE_URL always wins and nothing is started. Otherwise the PostgreSQL binaries
 # come from PATH or /usr/lib/postgresql/*/bin, and Debian's postgresql package is installed when
@@ -23,8 +27,9 @@ case "$mode" in
   run)   dir="$(cluster_dir)";       port="${HOOKRELAY_PG_PORT:-54329}"; durable=1 ;;
   test)  dir="$(cluster_dir test)";  port="${HOOKRELAY_PG_TEST_PORT:-54339}"; durable=0 ;;
   bench) dir="$(cluster_dir bench)"; port="${HOOKRELAY_PG_BENCH_PORT:-54349}"; durable=1 ;;
-  stop) ;;
-  *) log "unknown mode '$mode' (run, test, bench, stop)"; exit 2 ;;
+  fault) dir="$(cluster_dir fault)"; port="${HOOKRELAY_PG_FAULT_PORT:-54359}"; durable=0; unset DATABASE_URL ;;
+  stop|restart) ;;
+  *) log "unknown mode '$mode' (run, test, bench, fault, restart, stop)"; exit 2 ;;
 esac
 
 find_bin_dir() {
@@ -38,7 +43,7 @@ find_bin_dir() {
 }
 
 bin_dir="$(find_bin_dir || true)"
-if [ -z "$bin_dir" ] && [ "$mode" != stop ] && [ -z "${DATABASE_URL:-}" ]; then
+if [ -z "$bin_dir" ] && [ "$mode" != stop ] && [ "$mode" != restart ] && [ -z "${DATABASE_URL:-}" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "PostgreSQL binaries not found: installing Debian's postgresql package"
     export DEBIAN_FRONTEND=noninteractive
@@ -60,6 +65,16 @@ as_owner() {
   fi
 }
 
+# The server outlives this script: it must not inherit our descriptors (a build lock held by a
+# caller's `flock`, say, would stay held for as long as PostgreSQL runs).
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd="${fd##*/}"
+    if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
+}
+
 stop_cluster() {
   local d="$1"
   if [ -f "$d/postmaster.pid" ]; then
@@ -71,10 +86,18 @@ if [ "$mode" = stop ]; then
   [ -n "$bin_dir" ] || exit 0
   case "${2:-all}" in
     run) stop_cluster "$(cluster_dir)" ;;
-    test) stop_cluster "$(cluster_dir test)" ;;
-    bench) stop_cluster "$(cluster_dir bench)" ;;
-    all) for s in "" test bench; do stop_cluster "$(cluster_dir $s)"; done ;;
+    test|bench|fault) stop_cluster "$(cluster_dir "$2")" ;;
+    all) for s in "" test bench fault; do stop_cluster "$(cluster_dir $s)"; done ;;
   esac
+  exit 0
+fi
+
+if [ "$mode" = restart ]; then
+  [ "${2:-}" = fault ] || { log "only the fault cluster is restarted by this script"; exit 2; }
+  d="$(cluster_dir fault)"
+  # -w: back to accepting connections before we return; the options it was started with stay.
+  (close_inherited_fds; as_owner "$bin_dir/pg_ctl" -D "$d" -l "$d/server.log" -m fast -w -t 60 restart >/dev/null)
+  log "restarted $d"
   exit 0
 fi
 
@@ -116,7 +139,7 @@ else
   else
     opts="$opts -c shared_buffers=256MB"
   fi
-  as_owner "$bin_dir/pg_ctl" -D "$dir" -l "$dir/server.log" -o "$opts" -w -t 60 start >/dev/null \
+  (close_inherited_fds; as_owner "$bin_dir/pg_ctl" -D "$dir" -l "$dir/server.log" -o "$opts" -w -t 60 start >/dev/null) \
     || { log "PostgreSQL did not start; see $dir/server.log"; tail -20 "$dir/server.log" >&2; exit 1; }
 fi
 

@@ -3,7 +3,9 @@
 
 use hookrelay::Roles;
 use hookrelay_tests::receiver::{Receiver, Reply};
-use hookrelay_tests::{TestApp, delivery_statuses, eventually, hookrelay_bin, test_env};
+use hookrelay_tests::{
+    TestApp, assert_every_request_recorded, delivery_statuses, eventually, hookrelay_bin, test_env,
+};
 use reqwest::Method;
 use serde_json::json;
 use std::collections::HashMap;
@@ -140,5 +142,83 @@ async fn two_workers_drain_1000_deliveries_without_duplicates() {
         .await
         .unwrap();
     assert_eq!(attempts, 1000);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_during_a_burst_loses_nothing_and_records_every_attempt() {
+    let app = api_only().await;
+    let org = app.create_org("acme").await;
+    let rx = Receiver::start().await;
+    // Slow enough that the kill lands with requests in flight, fast enough to drain quickly.
+    rx.set_default(Reply::slow(Duration::from_millis(30)));
+    app.create_webhook(&org, json!({"url": rx.url, "events": ["*"]}))
+        .await;
+    let settings = [
+        ("HOOKRELAY_LEASE", "3s"),
+        ("HOOKRELAY_DELIVERY_TIMEOUT", "2s"),
+    ];
+    let mut victim = worker(&app, &settings);
+    let mut survivor = worker(&app, &settings);
+
+    const EVENTS: usize = 1000;
+    let mut ticker = tokio::time::interval(Duration::from_millis(3));
+    let mut publishes = Vec::new();
+    for i in 0..EVENTS {
+        ticker.tick().await;
+        if i == EVENTS / 3 {
+            victim.start_kill().unwrap();
+            let _ = victim.wait().await;
+        }
+        if i == 2 * EVENTS / 3 {
+            victim = worker(&app, &settings);
+        }
+        let (http, url, token) = (
+            app.http.clone(),
+            app.url("/api/v1/events"),
+            org.token.clone(),
+        );
+        publishes.push(tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&json!({"event": "user.created", "data": {"i": i}}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for p in publishes {
+        assert_eq!(p.await.unwrap().unwrap(), 202);
+    }
+    let pool = &app.db.pool;
+    let drained = eventually(Duration::from_secs(60), || async {
+        delivery_statuses(pool).await.get("sent") == Some(&(EVENTS as i64))
+    })
+    .await;
+    for w in [&mut victim, &mut survivor] {
+        w.start_kill().unwrap();
+        let _ = w.wait().await;
+    }
+    assert!(drained, "{:?}", delivery_statuses(pool).await);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_jobs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "no delivery left pending");
+
+    // The killed worker could not record its last attempts; the lease rescue did, with an
+    // unknown outcome, so no request that reached the receiver is missing from the history.
+    let duplicates = assert_every_request_recorded(pool, &rx.hits(), EVENTS).await;
+    let unknown: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_delivery_attempts WHERE error LIKE 'outcome unknown%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(unknown > 0, "the kill landed with attempts in flight");
+    eprintln!(
+        "burst kill: {EVENTS} events, {unknown} attempts rescued with unknown outcome, \
+         {duplicates} duplicate requests caused by the kill"
+    );
     app.stop().await;
 }

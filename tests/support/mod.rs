@@ -40,10 +40,23 @@ impl TestDb {
 
     /// Created but not migrated.
     pub async fn empty() -> Self {
+        Self::empty_on(&base_url()).await
+    }
+
+    /// A migrated database of its own on the cluster `base` points at.
+    pub async fn new_on(base: &str) -> Self {
+        let db = Self::empty_on(base).await;
+        hookrelay_storage::migrate(&db.pool)
+            .await
+            .expect("migrations apply");
+        db
+    }
+
+    async fn empty_on(base: &str) -> Self {
         let name = format!("hr_test_{}", uuid::Uuid::new_v4().simple());
         let admin = PgPoolOptions::new()
             .max_connections(1)
-            .connect(&base_url())
+            .connect(base)
             .await
             .expect("connect to DATABASE_URL (run `make test`, which provides a database)");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -51,7 +64,7 @@ impl TestDb {
             .await
             .expect("create test database");
         admin.close().await;
-        let url = with_database(&base_url(), &name);
+        let url = with_database(base, &name);
         let pool = PgPoolOptions::new()
             .max_connections(5)
             .connect(&url)
@@ -134,6 +147,48 @@ impl TestApp {
             running.stop().await;
         }
     }
+}
+
+/// The cluster the fault tests may restart: its own (`scripts/pg.sh fault`), never the one
+/// other tests share. Returns a DATABASE_URL on it.
+pub fn fault_cluster_url() -> String {
+    let out = std::process::Command::new(repo_root().join("scripts/pg.sh"))
+        .arg("fault")
+        .output()
+        .expect("run scripts/pg.sh fault");
+    assert!(
+        out.status.success(),
+        "scripts/pg.sh fault: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `pg_ctl restart -m fast` of the fault cluster: every connection is cut, and the server is
+/// back when this returns.
+pub async fn restart_fault_cluster() {
+    let status = tokio::process::Command::new(repo_root().join("scripts/pg.sh"))
+        .args(["restart", "fault"])
+        .status()
+        .await
+        .expect("run scripts/pg.sh restart fault");
+    assert!(status.success(), "restarting the fault cluster failed");
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// Resident memory of process `pid` in KiB (Linux `/proc`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// The `hookrelay` binary of this build (the Makefile builds it before the tests run).
@@ -419,6 +474,40 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     check().await
+}
+
+/// Checks that `deliveries` distinct deliveries reached the receiver and that each request it
+/// got has an attempt row (a crash may add rows, never lose one); returns the duplicate
+/// requests, which only a crash between sending and recording can cause.
+pub async fn assert_every_request_recorded(
+    pool: &PgPool,
+    hits: &[receiver::Hit],
+    deliveries: usize,
+) -> i64 {
+    let mut per_delivery: HashMap<String, i64> = HashMap::new();
+    for hit in hits {
+        *per_delivery
+            .entry(hit.header("webhook-id").to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_delivery.len(), deliveries, "every delivery arrived");
+    let recorded: HashMap<String, i64> = sqlx::query_as::<_, (uuid::Uuid, i64)>(
+        "SELECT delivery_id, count(*) FROM webhook_delivery_attempts GROUP BY delivery_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, n)| (id.to_string(), n))
+    .collect();
+    for (delivery, received) in &per_delivery {
+        let rows = recorded.get(delivery).copied().unwrap_or(0);
+        assert!(
+            rows >= *received,
+            "delivery {delivery}: {received} requests arrived, {rows} attempts recorded"
+        );
+    }
+    per_delivery.values().map(|n| n - 1).sum()
 }
 
 /// Counts deliveries by status in the test database.

@@ -2,6 +2,7 @@
 //! document generated from the handlers. This crate validates input and answers; storage and
 //! delivery live in their own crates.
 
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod openapi;
@@ -34,6 +35,10 @@ pub struct ApiSettings {
     pub http_workers: usize,
     /// How senders reach this service, for the ingest URLs sources show.
     pub public_url: String,
+    /// Requests that need the database handled at once; more wait up to `admission_wait`,
+    /// then get 503 (see [`admission`]).
+    pub max_in_flight: usize,
+    pub admission_wait: std::time::Duration,
 }
 
 impl Default for ApiSettings {
@@ -46,6 +51,8 @@ impl Default for ApiSettings {
             org_rate_limit: 1000,
             http_workers: 0,
             public_url: "http://127.0.0.1:8080".into(),
+            max_in_flight: 40,
+            admission_wait: std::time::Duration::from_millis(500),
         }
     }
 }
@@ -57,6 +64,9 @@ pub struct ApiState {
     pub settings: ApiSettings,
     pub metrics: Arc<prometheus_client::registry::Registry>,
     pub rate_limiter: rate_limit::OrgRateLimiter,
+    pub admission: admission::Admission,
+    /// One connection of its own for `/readyz`, so a saturated pool reads as busy, not down.
+    pub probe_pool: PgPool,
     /// Attempts a new delivery gets: the first plus one per retry step.
     pub max_attempts: i32,
     /// For the test send, which makes its attempt in the API process.
@@ -70,9 +80,16 @@ impl ApiState {
         secrets: SecretBox,
         settings: ApiSettings,
         metrics: Arc<prometheus_client::registry::Registry>,
+        shed: prometheus_client::metrics::counter::Counter,
         worker: hookrelay_queue::WorkerSettings,
     ) -> Self {
         let rate_limiter = rate_limit::OrgRateLimiter::new(settings.org_rate_limit);
+        let admission =
+            admission::Admission::new(settings.max_in_flight, settings.admission_wait, shed);
+        let probe_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(std::time::Duration::from_secs(2))
+            .connect_lazy_with((*pool.connect_options()).clone());
         let http_client =
             hookrelay_queue::deliver::client(worker.delivery_timeout, worker.allow_private_targets);
         Self {
@@ -81,6 +98,8 @@ impl ApiState {
             settings,
             metrics,
             rate_limiter,
+            admission,
+            probe_pool,
             max_attempts: hookrelay_queue::retry::max_attempts(&worker.retry_schedule),
             worker,
             http_client,
@@ -172,6 +191,7 @@ pub fn serve(listener: TcpListener, state: ApiState) -> std::io::Result<Server> 
             .app_data(state.clone())
             .configure(configure)
             .default_service(web::to(not_found))
+            .wrap(actix_web::middleware::from_fn(admission::middleware))
             .wrap(actix_web::middleware::from_fn(request_id::middleware))
     })
     .listen(listener)?

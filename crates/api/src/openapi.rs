@@ -118,7 +118,10 @@ impl Modify for CommonResponses {
                 let mut common = vec![
                     ("401", "Missing, invalid, expired or revoked credentials"),
                     ("429", "Rate limit exceeded; see Retry-After"),
-                    ("503", "Database unavailable; retry after Retry-After"),
+                    (
+                        "503",
+                        "Database unavailable or the service at capacity; retry after Retry-After",
+                    ),
                 ];
                 if has_body {
                     common.extend([

@@ -71,6 +71,8 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("the database is unavailable; retry shortly")]
     Unavailable,
+    #[error("the service is at capacity; retry shortly")]
+    Overloaded,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -108,6 +110,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::RateLimited { .. } => ("rate-limited", "Too many requests"),
             Self::Unavailable => ("unavailable", "Service unavailable"),
+            Self::Overloaded => ("overloaded", "Service overloaded"),
             Self::Internal(_) => ("internal", "Internal server error"),
         }
     }
@@ -173,7 +176,7 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -202,7 +205,7 @@ impl ResponseError for ApiError {
             Self::RateLimited { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
-            Self::Unavailable => {
+            Self::Unavailable | Self::Overloaded => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::MethodNotAllowed(allow) => {

@@ -92,6 +92,9 @@ pub fn api_settings(config: &Config) -> ApiSettings {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", config.listen)),
+        // Twice the pool: enough requests to keep every connection busy while others parse.
+        max_in_flight: 2 * config.db_max_connections as usize,
+        ..ApiSettings::default()
     }
 }
 
@@ -142,6 +145,12 @@ pub async fn build(
     } else {
         None
     };
+    let shed = hookrelay_queue::metrics::Counter::default();
+    registry.register(
+        "api_requests_shed",
+        "API requests answered 503 because the service was at capacity",
+        shed.clone(),
+    );
     let registry = Arc::new(registry);
     // Hubble pulls run with the workers. Their base URL is user-supplied, so they use the
     // delivery client: no redirects, every connection's address checked.
@@ -172,6 +181,7 @@ pub async fn build(
             secrets,
             api_settings(config),
             registry.clone(),
+            shed,
             worker_settings(config),
         );
         let server = hookrelay_api::serve(listener, state)?;

@@ -33,7 +33,7 @@ pub async fn tick(
     settings: &WorkerSettings,
     metrics: &QueueMetrics,
 ) -> Result<(), QueueError> {
-    let rescued = rescue_expired_leases(pool).await?;
+    let rescued = rescue_expired_leases(pool, settings.lease).await?;
     if rescued > 0 {
         tracing::warn!(
             rescued,
@@ -52,19 +52,47 @@ pub async fn tick(
     Ok(())
 }
 
-/// A claimed delivery whose lease ran out goes back to `available`. The attempt it was on was
-/// never recorded, so it does not count: the retry reuses its number, and the unique
-/// (delivery, attempt) constraint refuses a late record from a worker that was only slow.
-pub async fn rescue_expired_leases(pool: &PgPool) -> Result<u64, QueueError> {
+/// A claimed delivery whose lease ran out goes back to `available`. Its worker may have sent the
+/// request before it died, so the attempt is recorded with an unknown outcome (history then
+/// shows every request that may have reached the receiver), and the delivery gets one attempt
+/// more so a crash does not use up its retries. A worker that was only slow finds its attempt
+/// number taken and its late record refused by the unique (delivery, attempt) key.
+pub async fn rescue_expired_leases(pool: &PgPool, lease: Duration) -> Result<u64, QueueError> {
     let done = sqlx::query(
-        "UPDATE delivery_jobs
-            SET state = 'available', attempt = greatest(attempt - 1, 0), scheduled_at = now(),
-                lease_expires_at = NULL, claimed_by = NULL
-          WHERE state = 'running' AND lease_expires_at < now()",
+        "WITH expired AS (
+             SELECT delivery_id, lease_expires_at, claimed_by FROM delivery_jobs
+              WHERE state = 'running' AND lease_expires_at < now()
+              FOR UPDATE SKIP LOCKED),
+         requeued AS (
+             UPDATE delivery_jobs j
+                SET state = 'available', scheduled_at = now(), max_attempts = j.max_attempts + 1,
+                    lease_expires_at = NULL, claimed_by = NULL
+               FROM expired e
+              WHERE j.delivery_id = e.delivery_id
+          RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, e.lease_expires_at, e.claimed_by),
+         recorded AS (
+             INSERT INTO webhook_delivery_attempts
+                    (id, org_id, delivery_id, webhook_id, attempt_number, url, error, latency_ms, started_at)
+             SELECT gen_random_uuid(), r.org_id, r.delivery_id, r.webhook_id, r.attempt, w.url,
+                    format('outcome unknown: worker %s stopped before recording this attempt (lease expired)',
+                           r.claimed_by),
+                    0, r.lease_expires_at - make_interval(secs => $1)
+               FROM requeued r JOIN webhooks w ON w.org_id = r.org_id AND w.id = r.webhook_id
+              WHERE r.attempt >= 1
+             ON CONFLICT (org_id, delivery_id, attempt_number) DO NOTHING
+          RETURNING org_id, delivery_id, attempt_number, error),
+         noted AS (
+             UPDATE webhook_deliveries d
+                SET attempt_number = greatest(d.attempt_number, r.attempt_number), last_error = r.error
+               FROM recorded r
+              WHERE d.org_id = r.org_id AND d.id = r.delivery_id AND d.status NOT IN ('sent', 'failed', 'cancelled'))
+         SELECT count(*) FROM requeued",
     )
-    .execute(pool)
+    .bind(lease.as_secs_f64())
+    .fetch_one(pool)
     .await?;
-    Ok(done.rows_affected())
+    let rescued: i64 = sqlx::Row::get(&done, 0);
+    Ok(u64::try_from(rescued).unwrap_or(0))
 }
 
 /// Deletes finished deliveries (and, by cascade, their attempts) created before `cutoff`.

@@ -24,7 +24,7 @@ pub async fn healthz() -> web::Json<Health> {
 pub async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
     let probe = tokio::time::timeout(
         std::time::Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
+        sqlx::query("SELECT 1").execute(&state.probe_pool),
     )
     .await;
     match probe {
