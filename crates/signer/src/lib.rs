@@ -220,26 +220,30 @@ pub fn verify_standard(
         .trim()
         .parse()
         .map_err(|_| VerifyError::MalformedTimestamp)?;
-    if now - timestamp > tolerance_secs {
+    // The header is the sender's: any i64 can arrive, and the plain difference would overflow.
+    let age = i128::from(now) - i128::from(timestamp);
+    if age > i128::from(tolerance_secs) {
         return Err(VerifyError::TimestampTooOld {
-            age_secs: now - timestamp,
+            age_secs: now.saturating_sub(timestamp),
             tolerance_secs,
         });
     }
-    if timestamp - now > tolerance_secs {
+    if -age > i128::from(tolerance_secs) {
         return Err(VerifyError::TimestampInFuture {
-            ahead_secs: timestamp - now,
+            ahead_secs: timestamp.saturating_sub(now),
             tolerance_secs,
         });
     }
     let expected = standard_mac(&secret.key, msg_id, timestamp, body);
     let mut saw_v1 = false;
+    let mut saw_malformed = false;
     for entry in signature_header.split_whitespace() {
-        let (version, encoded) = entry
-            .split_once(',')
-            .ok_or(VerifyError::MalformedSignature(
-                "each signature is written <version>,<base64>",
-            ))?;
+        // Receivers try every signature until one matches (Standard Webhooks), so an entry we
+        // cannot read is skipped rather than refusing a valid signature beside it.
+        let Some((version, encoded)) = entry.split_once(',') else {
+            saw_malformed = true;
+            continue;
+        };
         if version != "v1" {
             continue;
         }
@@ -253,6 +257,10 @@ pub fn verify_standard(
     }
     if saw_v1 {
         Err(VerifyError::Mismatch)
+    } else if saw_malformed {
+        Err(VerifyError::MalformedSignature(
+            "each signature is written <version>,<base64>",
+        ))
     } else {
         Err(VerifyError::NoSignature)
     }
