@@ -67,6 +67,10 @@ pub struct ApiState {
     pub admission: admission::Admission,
     /// One connection of its own for `/readyz`, so a saturated pool reads as busy, not down.
     pub probe_pool: PgPool,
+    /// Wakes the delivery workers after a publish commits.
+    pub waker: hookrelay_storage::events::Waker,
+    /// Single-event publishes, committed in groups.
+    pub publisher: hookrelay_storage::group_commit::GroupPublisher,
     /// Attempts a new delivery gets: the first plus one per retry step.
     pub max_attempts: i32,
     /// For the test send, which makes its attempt in the API process.
@@ -86,6 +90,10 @@ impl ApiState {
         let rate_limiter = rate_limit::OrgRateLimiter::new(settings.org_rate_limit);
         let admission =
             admission::Admission::new(settings.max_in_flight, settings.admission_wait, shed);
+        let waker = hookrelay_storage::events::Waker::spawn(pool.clone());
+        let max_attempts = hookrelay_queue::retry::max_attempts(&worker.retry_schedule);
+        let publisher =
+            hookrelay_storage::group_commit::GroupPublisher::spawn(pool.clone(), max_attempts);
         let probe_pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(std::time::Duration::from_secs(2))
@@ -100,7 +108,9 @@ impl ApiState {
             rate_limiter,
             admission,
             probe_pool,
-            max_attempts: hookrelay_queue::retry::max_attempts(&worker.retry_schedule),
+            waker,
+            publisher,
+            max_attempts,
             worker,
             http_client,
         }
@@ -182,6 +192,8 @@ async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpRespons
     }
 }
 
+const MAX_CONNECTIONS_PER_WORKER: usize = 2048;
+
 /// Starts the API on an already bound listener (tests bind port 0).
 pub fn serve(listener: TcpListener, state: ApiState) -> std::io::Result<Server> {
     let workers = state.settings.http_workers;
@@ -195,6 +207,9 @@ pub fn serve(listener: TcpListener, state: ApiState) -> std::io::Result<Server> 
             .wrap(actix_web::middleware::from_fn(request_id::middleware))
     })
     .listen(listener)?
+    // Bounded so a flood of connections costs bounded memory; the rest wait in the kernel's
+    // accept queue.
+    .max_connections(MAX_CONNECTIONS_PER_WORKER)
     // The binary handles SIGINT/SIGTERM so it can stop the workers too.
     .disable_signals()
     .shutdown_timeout(30);

@@ -113,6 +113,23 @@ pub fn worker_settings(config: &Config) -> hookrelay_queue::WorkerSettings {
     }
 }
 
+/// Connections the kernel queues for the API before it drops new ones. `std`'s listeners queue
+/// 128; under a flood the rest would wait out a one-second SYN retransmit — health probes
+/// included — instead of being answered 503 at once.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// The API's listening socket on `addr`, with a deep accept queue.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
 /// Starts the parts `roles` names. The API listens on `listener` (required when `roles.api`).
 pub async fn build(
     config: &Config,

@@ -64,7 +64,7 @@ async fn wait_for_signal() {
 
 async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
     let listener = if roles.api {
-        Some(std::net::TcpListener::bind(config.listen).map_err(|e| {
+        Some(hookrelay::listen(config.listen).map_err(|e| {
             anyhow::anyhow!("HOOKRELAY_LISTEN: cannot listen on {}: {e}", config.listen)
         })?)
     } else {

@@ -200,6 +200,9 @@ async fn fetch_and_store(
     let next_at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
     sources::finish_pull(&mut *tx, job, token.as_deref(), next_at, None).await?;
     tx.commit().await?;
+    if ingested.accepted > 0 {
+        hookrelay_storage::events::wake_workers(pool).await?;
+    }
     tracing::info!(
         accepted = ingested.accepted,
         duplicates = ingested.duplicates,

@@ -9,6 +9,7 @@ pub mod deliveries;
 mod error;
 pub mod event_types;
 pub mod events;
+pub mod group_commit;
 pub mod organizations;
 pub mod page;
 mod pool;

@@ -179,15 +179,26 @@ pub(crate) async fn validate_events(
 }
 
 async fn store(state: &ApiState, org_id: Uuid, events: Vec<NewEvent>) -> ApiResult<Vec<Published>> {
-    // Without idempotency keys the publish is a single atomic statement; with them, the key and
-    // the events must commit together.
-    if events.iter().all(|e| e.idempotency_key.is_none()) {
+    // A lone event joins a group commit with its concurrent peers. Otherwise, without
+    // idempotency keys the publish is a single atomic statement; with them, the key and the
+    // events must commit together.
+    let published = if let [event] = &events[..]
+        && event.idempotency_key.is_none()
+    {
+        let event = events.into_iter().next().expect("one event");
+        vec![state.publisher.publish(org_id, event).await?]
+    } else if events.iter().all(|e| e.idempotency_key.is_none()) {
         let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
-        return Ok(events::publish(&mut conn, org_id, &events, state.max_attempts).await?);
+        events::publish(&mut conn, org_id, &events, state.max_attempts).await?
+    } else {
+        let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+        let published = events::publish(&mut tx, org_id, &events, state.max_attempts).await?;
+        tx.commit().await.map_err(StorageError::from)?;
+        published
+    };
+    if published.iter().any(|p| p.deliveries > 0) {
+        state.waker.wake();
     }
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
-    let published = events::publish(&mut tx, org_id, &events, state.max_attempts).await?;
-    tx.commit().await.map_err(StorageError::from)?;
     Ok(published)
 }
 

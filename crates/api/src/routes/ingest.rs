@@ -133,6 +133,9 @@ pub async fn hubble_push(
     )
     .await?;
     tx.commit().await.map_err(StorageError::from)?;
+    if ingested.accepted > 0 {
+        state.waker.wake();
+    }
     tracing::info!(
         org_id = %target.source.org_id, source_id = %target.source.id,
         accepted = ingested.accepted, duplicates = ingested.duplicates,
@@ -202,6 +205,7 @@ pub async fn signed_push(
         state.max_attempts,
     )
     .await?;
+    state.waker.wake();
     Ok(HttpResponse::Accepted().json(PublishedOut::from(published.remove(0))))
 }
 
