@@ -1391,3 +1391,30 @@ async fn create_source(app: &TestApp, org: &hookrelay_tests::Org) -> String {
     assert_eq!(status, 201, "{source}");
     source["id"].as_str().unwrap().to_owned()
 }
+
+#[tokio::test]
+async fn a_key_revoked_by_another_process_stops_working_within_a_second() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("acme").await;
+    let check = || async {
+        app.req(Method::GET, "/api/v1/keys/check", &org.token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(check().await, 200);
+    // As `hookrelay admin key revoke` or another API process would: straight in the database.
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE org_id = $1")
+        .bind(org.id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(
+        hookrelay_api::key_cache::KEY_CACHE_TTL + std::time::Duration::from_millis(100),
+    )
+    .await;
+    assert_eq!(check().await, 401);
+    app.stop().await;
+}

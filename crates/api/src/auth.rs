@@ -72,10 +72,17 @@ pub async fn org_middleware(
         .expect("ApiState is registered")
         .clone();
     let token = bearer(req.request()).ok_or(ApiError::Unauthorized)?;
-    let key = api_keys::authenticate(&state.pool, token)
-        .await
-        .map_err(ApiError::from)?
-        .ok_or(ApiError::Unauthorized)?;
+    let key = match state.key_cache.get(token) {
+        Some(key) => key,
+        None => {
+            let key = api_keys::authenticate(&state.pool, token)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or(ApiError::Unauthorized)?;
+            state.key_cache.remember(token, &key);
+            key
+        }
+    };
     tracing::Span::current().record("org_id", tracing::field::display(key.org_id));
 
     let decision = state.rate_limiter.check(key.org_id);
@@ -87,6 +94,9 @@ pub async fn org_middleware(
         .is_none_or(|t| chrono::Utc::now() - t > chrono::Duration::minutes(1))
     {
         // Best effort and off the request path: a missed update only delays "last used".
+        let mut touched = key.clone();
+        touched.last_used_at = Some(chrono::Utc::now());
+        state.key_cache.remember(token, &touched);
         let pool = state.pool.clone();
         let (org_id, id) = (key.org_id, key.id);
         tokio::spawn(async move {

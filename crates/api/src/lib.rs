@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod auth;
 pub mod body;
+pub mod key_cache;
 pub mod openapi;
 pub mod problem;
 pub mod rate_limit;
@@ -64,6 +65,7 @@ pub struct ApiState {
     pub settings: ApiSettings,
     pub metrics: Arc<prometheus_client::registry::Registry>,
     pub rate_limiter: rate_limit::OrgRateLimiter,
+    pub key_cache: key_cache::KeyCache,
     pub admission: admission::Admission,
     /// One connection of its own for `/readyz`, so a saturated pool reads as busy, not down.
     pub probe_pool: PgPool,
@@ -106,6 +108,7 @@ impl ApiState {
             settings,
             metrics,
             rate_limiter,
+            key_cache: Default::default(),
             admission,
             probe_pool,
             waker,

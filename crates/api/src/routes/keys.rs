@@ -263,10 +263,11 @@ pub async fn update(
     let key = api_keys::update(&state.pool, caller.org_id(), *id, &changes)
         .await
         .map_err(not_found_as("API key"))?;
+    state.key_cache.forget_all();
     Ok(web::Json(key.into()))
 }
 
-/// Revokes a key at once.
+/// Revokes a key: at once in the process that answers, within a second in the others.
 #[utoipa::path(context_path = "/api/v1", tag = "keys", security(("api_key" = ["api_keys:write"])), params(("id" = Uuid, Path)),
     responses((status = 204), (status = 401, body = crate::problem::Problem),
               (status = 403, body = crate::problem::Problem), (status = 404, body = crate::problem::Problem)))]
@@ -280,5 +281,6 @@ pub async fn revoke(
     api_keys::revoke(&state.pool, caller.org_id(), *id)
         .await
         .map_err(not_found_as("API key"))?;
+    state.key_cache.forget_all();
     Ok(HttpResponse::NoContent().finish())
 }
