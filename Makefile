@@ -1,7 +1,7 @@
 # hookrelay — `make help` lists the targets.
 SHELL := bash
 .DEFAULT_GOAL := help
-.PHONY: help run test bench lint fmt openapi stop-db clean
+.PHONY: help run test bench bench-history lint fmt openapi stop-db clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -14,6 +14,9 @@ test: ## provision a throwaway PostgreSQL, then run every test of the workspace
 
 bench: ## benchmarks (release build, private PostgreSQL, built-in receiver): table + target/bench/report.json
 	@scripts/bench.sh
+
+bench-history: ## fill a bench database with 10 M delivered rows, for `BENCH_PHASES=history make bench`
+	@scripts/bench-history.sh
 
 lint: ## formatting and clippy, warnings as errors
 	cargo fmt --all -- --check

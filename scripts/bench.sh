@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # `make bench`: a durable private PostgreSQL (.data/postgres-bench, or a reachable DATABASE_URL),
-# a release build, the service benchmark (crates/bench) and the signer's criterion benchmark.
+# a release build of the service and the bench, the service benchmark (crates/bench) and the
+# signer's criterion benchmark. BENCH_PHASES picks phases (see crates/bench/src/main.rs); the
+# criterion benchmark runs when it is unset or names `signer`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+started=$SECONDS
 DATABASE_URL="$(scripts/pg.sh bench)"
 export DATABASE_URL
-cargo build --release -p hookrelay-bench
+# The memory phase runs target/release/hookrelay as a child process: build it with the bench.
+cargo build --release -p hookrelay -p hookrelay-bench
 target/release/hookrelay-bench
-cargo bench -p hookrelay-signer --bench sign -- --warm-up-time 1 --measurement-time 3
+if [ -z "${BENCH_PHASES:-}" ] || [[ ",$BENCH_PHASES," == *,signer,* ]]; then
+  cargo bench -p hookrelay-signer --bench sign -- --warm-up-time 1 --measurement-time 3
+fi
+echo "bench: wall time $((SECONDS - started)) s (build included)" >&2

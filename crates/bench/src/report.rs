@@ -1,0 +1,192 @@
+//! The results: one row per figure (value, the ceiling measured beside it, the ratio and the
+//! goal), printed as the final table and written with every phase's details to
+//! `target/bench/report.json`.
+
+use serde_json::{Value, json};
+
+/// Which way is better, which also decides how the ratio reads: a share of the ceiling for
+/// rates, a multiple of it for times and sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Goal {
+    None,
+    /// The value is at least this percentage of its ceiling.
+    OfCeiling(f64),
+    /// The value is at most this, in the row's unit.
+    AtMost(f64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Stable name in report.json.
+    pub key: &'static str,
+    pub figure: String,
+    pub value: f64,
+    pub unit: &'static str,
+    pub better: Better,
+    /// The ceiling's value and what it is.
+    pub ceiling: Option<(f64, String)>,
+    pub goal: Goal,
+}
+
+impl Row {
+    pub fn new(
+        key: &'static str,
+        figure: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
+        Self {
+            key,
+            figure: figure.into(),
+            value,
+            unit,
+            better: Better::Higher,
+            ceiling: None,
+            goal: Goal::None,
+        }
+    }
+
+    pub fn lower_is_better(mut self) -> Self {
+        self.better = Better::Lower;
+        self
+    }
+
+    pub fn ceiling(mut self, value: f64, what: impl Into<String>) -> Self {
+        self.ceiling = Some((value, what.into()));
+        self
+    }
+
+    pub fn goal(mut self, goal: Goal) -> Self {
+        self.goal = goal;
+        self
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        self.ceiling
+            .as_ref()
+            .filter(|(c, _)| *c > 0.0)
+            .map(|(c, _)| self.value / c)
+    }
+
+    fn ratio_text(&self) -> String {
+        match (self.ratio(), self.better) {
+            (None, _) => "—".into(),
+            (Some(r), Better::Higher) => format!("{:.0} %", 100.0 * r),
+            (Some(r), Better::Lower) => format!("{r:.2}×"),
+        }
+    }
+
+    pub fn met(&self) -> Option<bool> {
+        match self.goal {
+            Goal::None => None,
+            Goal::OfCeiling(pct) => self.ratio().map(|r| 100.0 * r >= pct),
+            Goal::AtMost(limit) => Some(self.value <= limit),
+        }
+    }
+
+    fn goal_text(&self) -> String {
+        match self.goal {
+            Goal::None => "—".into(),
+            Goal::OfCeiling(pct) => format!("≥ {pct:.0} % of ceiling"),
+            Goal::AtMost(limit) => format!("≤ {} {}", number(limit), self.unit),
+        }
+    }
+}
+
+/// Enough digits to read, never a spurious ".0" on large numbers.
+fn number(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+#[derive(Default)]
+pub struct Report {
+    rows: Vec<Row>,
+    details: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    pub fn row(&mut self, row: Row) {
+        self.rows.push(row);
+    }
+
+    /// A phase's measurements beyond its rows, under `key` in report.json.
+    pub fn detail(&mut self, key: &str, value: Value) {
+        self.details.insert(key.to_owned(), value);
+    }
+
+    /// The value of an earlier row, for a later phase to compare against.
+    pub fn value(&self, key: &str) -> Option<f64> {
+        self.rows.iter().find(|r| r.key == key).map(|r| r.value)
+    }
+
+    pub fn print(&self) {
+        let width = self
+            .rows
+            .iter()
+            .map(|r| r.figure.chars().count())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        println!(
+            "\n{:<width$}  {:>16}  {:>16}  {:>7}  {:<20} {:<4} ceiling is",
+            "figure", "value", "ceiling", "ratio", "goal", "met"
+        );
+        for r in &self.rows {
+            let ceiling = r
+                .ceiling
+                .as_ref()
+                .map(|(c, _)| format!("{} {}", number(*c), r.unit))
+                .unwrap_or_else(|| "—".into());
+            let what = r.ceiling.as_ref().map(|(_, w)| w.as_str()).unwrap_or("");
+            let met = match r.met() {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "—",
+            };
+            println!(
+                "{:<width$}  {:>16}  {:>16}  {:>7}  {:<20} {:<4} {what}",
+                r.figure,
+                format!("{} {}", number(r.value), r.unit),
+                ceiling,
+                r.ratio_text(),
+                r.goal_text(),
+                met,
+            );
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let table: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "key": r.key,
+                    "figure": r.figure,
+                    "value": r.value,
+                    "unit": r.unit,
+                    "ceiling": r.ceiling.as_ref().map(|(c, _)| c),
+                    "ceiling_is": r.ceiling.as_ref().map(|(_, w)| w),
+                    "ratio": r.ratio(),
+                    "goal": r.goal_text(),
+                    "goal_met": r.met(),
+                })
+            })
+            .collect();
+        let mut out = self.details.clone();
+        out.insert("table".into(), Value::Array(table));
+        Value::Object(out)
+    }
+}
