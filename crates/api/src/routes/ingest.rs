@@ -205,7 +205,9 @@ pub async fn signed_push(
         state.max_attempts,
     )
     .await?;
-    state.waker.wake();
+    if published[0].deliveries > 0 {
+        state.waker.wake();
+    }
     Ok(HttpResponse::Accepted().json(PublishedOut::from(published.remove(0))))
 }
 
