@@ -63,11 +63,56 @@ pub struct Request<'a> {
     pub hubble_token: Option<&'a str>,
 }
 
+/// The stored start of a response body. A receiver may answer any bytes (gzip, UTF-16, binary,
+/// NUL), and PostgreSQL's text holds neither NUL nor invalid UTF-8: such an excerpt is kept as
+/// base64 so the attempt is recorded as what it was, never refused by the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyExcerpt {
+    Utf8(String),
+    Base64(String),
+}
+
+impl BodyExcerpt {
+    /// The excerpt of `bytes`: text when it is UTF-8 without NUL (a character cut in two by the
+    /// excerpt's end is dropped), else base64 of the bytes.
+    pub fn of(bytes: &[u8]) -> Self {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => Some(text),
+            // Only an incomplete last character: the excerpt's limit cut it.
+            Err(e) if e.error_len().is_none() => {
+                Some(std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("checked prefix"))
+            }
+            Err(_) => None,
+        };
+        match text {
+            Some(text) if !text.contains('\0') => Self::Utf8(text.to_owned()),
+            _ => Self::Base64(base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                bytes,
+            )),
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Utf8(text) | Self::Base64(text) => text,
+        }
+    }
+
+    /// The `response_body_encoding` column's value.
+    pub fn encoding(&self) -> &'static str {
+        match self {
+            Self::Utf8(_) => "utf8",
+            Self::Base64(_) => "base64",
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub status: Option<u16>,
-    pub body_excerpt: Option<String>,
+    pub body_excerpt: Option<BodyExcerpt>,
     pub error: Option<String>,
     pub latency: Duration,
     pub retry_after: Option<Duration>,
@@ -173,10 +218,9 @@ pub async fn attempt(
         }
     }
     body.truncate(STORED_EXCERPT);
-    let excerpt = String::from_utf8_lossy(&body).into_owned();
     Outcome {
         status: Some(status),
-        body_excerpt: Some(excerpt),
+        body_excerpt: Some(BodyExcerpt::of(&body)),
         error,
         latency: started.elapsed(),
         retry_after,

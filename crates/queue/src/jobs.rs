@@ -14,7 +14,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::QueueError;
-use crate::deliver::Outcome;
+use crate::deliver::{BodyExcerpt, Outcome};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
@@ -216,7 +216,8 @@ pub async fn record(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut urls, mut statuses, mut bodies, mut errors, mut latencies, mut started) = (
+    let (mut urls, mut statuses, mut bodies, mut encodings, mut errors, mut latencies, mut started) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -232,16 +233,18 @@ pub async fn record(
         attempts.push(r.job.attempt);
         urls.push(r.url.clone());
         statuses.push(r.outcome.status.map(i32::from));
-        bodies.push(r.outcome.body_excerpt.clone());
-        errors.push(r.outcome.error.clone());
+        bodies.push(r.outcome.body_excerpt.as_ref().map(BodyExcerpt::text));
+        encodings.push(body_encoding(r));
+        errors.push(storable_error(r));
         latencies.push(i32::try_from(r.outcome.latency.as_millis()).unwrap_or(i32::MAX));
         started.push(r.started_at);
     }
     let accepted: Vec<(Uuid, i32)> = sqlx::query_as(
         "INSERT INTO webhook_delivery_attempts
-             (id, org_id, delivery_id, webhook_id, attempt_number, url, response_status, response_body, error, latency_ms, started_at)
+             (id, org_id, delivery_id, webhook_id, attempt_number, url, response_status, response_body,
+              response_body_encoding, error, latency_ms, started_at)
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::text[], $7::int[],
-                              $8::text[], $9::text[], $10::int[], $11::timestamptz[])
+                              $8::text[], $9::text[], $10::text[], $11::int[], $12::timestamptz[])
          ON CONFLICT (org_id, delivery_id, attempt_number) DO NOTHING
          RETURNING delivery_id, attempt_number",
     )
@@ -253,6 +256,7 @@ pub async fn record(
     .bind(&urls)
     .bind(&statuses)
     .bind(&bodies)
+    .bind(&encodings)
     .bind(&errors)
     .bind(&latencies)
     .bind(&started)
@@ -271,11 +275,12 @@ pub async fn record(
         .iter()
         .map(|r| r.outcome.status.map(i32::from))
         .collect();
-    let k_bodies: Vec<Option<String>> = kept
+    let k_bodies: Vec<Option<&str>> = kept
         .iter()
-        .map(|r| r.outcome.body_excerpt.clone())
+        .map(|r| r.outcome.body_excerpt.as_ref().map(BodyExcerpt::text))
         .collect();
-    let k_errors: Vec<Option<String>> = kept.iter().map(|r| r.outcome.error.clone()).collect();
+    let k_encodings: Vec<&str> = kept.iter().map(|r| body_encoding(r)).collect();
+    let k_errors: Vec<Option<String>> = kept.iter().map(|r| storable_error(r)).collect();
     let k_next: Vec<Option<DateTime<Utc>>> = kept
         .iter()
         .map(|r| match r.next {
@@ -283,13 +288,24 @@ pub async fn record(
             _ => None,
         })
         .collect();
+    // A retry that is not due yet waits as `scheduled`, outside the claim's scan (decided here,
+    // not with now() in the statement, so the statement stays plain for Citus).
+    let now = Utc::now();
+    let k_states: Vec<&str> = k_next
+        .iter()
+        .map(|next| match next {
+            Some(at) if *at > now => "scheduled",
+            _ => "available",
+        })
+        .collect();
     sqlx::query(
         "UPDATE webhook_deliveries d
-            SET status = u.status, response_status = u.code, response_body = u.body, attempt_number = u.attempt,
+            SET status = u.status, response_status = u.code, response_body = u.body,
+                response_body_encoding = u.encoding, attempt_number = u.attempt,
                 last_error = u.error, next_attempt_at = u.next,
                 delivered_at = CASE WHEN u.status = 'sent' THEN now() END
-           FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
-                AS u(id, attempt, status, code, body, error, next)
+           FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[], $8::text[])
+                AS u(id, attempt, status, code, body, error, next, encoding)
           WHERE d.id = u.id AND d.id = ANY($1)",
     )
     .bind(&k_ids)
@@ -299,9 +315,10 @@ pub async fn record(
     .bind(&k_bodies)
     .bind(&k_errors)
     .bind(&k_next)
+    .bind(&k_encodings)
     .execute(&mut *tx)
     .await?;
-    // Finished jobs leave the queue; retries become due at their time. Both only while this
+    // Finished jobs leave the queue; retries wait for their time. Both only while this
     // worker's claim (the attempt number) is still the job's current one.
     sqlx::query(
         "DELETE FROM delivery_jobs j
@@ -316,19 +333,108 @@ pub async fn record(
     .await?;
     sqlx::query(
         "UPDATE delivery_jobs j
-            SET state = 'available', scheduled_at = u.next, lease_expires_at = NULL, claimed_by = NULL
-           FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(id, attempt, next)
+            SET state = u.state, scheduled_at = u.next, lease_expires_at = NULL, claimed_by = NULL
+           FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::text[]) AS u(id, attempt, next, state)
           WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1)
             AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NOT NULL",
     )
     .bind(&k_ids)
     .bind(&k_attempts)
     .bind(&k_next)
+    .bind(&k_states)
     .execute(&mut *tx)
     .await?;
     update_health(&mut tx, &kept, health).await?;
     tx.commit().await?;
     Ok(kept.len())
+}
+
+fn body_encoding(record: &Record) -> &'static str {
+    record
+        .outcome
+        .body_excerpt
+        .as_ref()
+        .map_or("utf8", BodyExcerpt::encoding)
+}
+
+/// Error texts quote receivers and libraries; PostgreSQL's text cannot hold NUL.
+fn storable_error(record: &Record) -> Option<String> {
+    record
+        .outcome
+        .error
+        .as_ref()
+        .map(|e| e.replace('\0', "\u{FFFD}"))
+}
+
+/// Writes `records` like [`record`], but one record the database refuses cannot take the others
+/// down with it: a refused batch is written again row by row, and a row refused on its own is
+/// recorded without its response excerpt, its error saying why. Errors only when the database
+/// is unreachable or saturated (then the caller keeps the batch and tries again; rows already
+/// written are refused by their unique attempt number, so none is written twice).
+pub async fn record_isolated(
+    pool: &PgPool,
+    records: &[Record],
+    health: HealthPolicy,
+) -> Result<usize, QueueError> {
+    match record(pool, records, health).await {
+        Ok(accepted) => return Ok(accepted),
+        Err(err) if err.is_transient() => return Err(err),
+        Err(err) => tracing::error!(
+            error = %err, records = records.len(),
+            "a batch of attempt records was refused; writing its records one by one"
+        ),
+    }
+    let mut accepted = 0;
+    for one in records {
+        let err = match record(pool, std::slice::from_ref(one), health).await {
+            Ok(n) => {
+                accepted += n;
+                continue;
+            }
+            Err(err) if err.is_transient() => return Err(err),
+            Err(err) => err,
+        };
+        let span = tracing::error_span!(
+            "record_refused",
+            org_id = %one.job.org_id, webhook_id = %one.job.webhook_id,
+            delivery_id = %one.job.delivery_id, attempt = one.job.attempt,
+        );
+        let _entered = span.enter();
+        tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "an attempt record was refused; recording it without its response");
+        let stripped = one.stripped(&err);
+        match record(pool, std::slice::from_ref(&stripped), health).await {
+            Ok(n) => accepted += n,
+            Err(err) if err.is_transient() => return Err(err),
+            // Left leased: the lease rescue records it as lost, within its bounded rescues.
+            Err(err) => {
+                tracing::error!(error = %err, "the stripped attempt record was refused too")
+            }
+        }
+    }
+    Ok(accepted)
+}
+
+impl Record {
+    /// This record without what a receiver or library put in it, and an error naming why.
+    fn stripped(&self, refusal: &QueueError) -> Self {
+        let mut outcome = self.outcome.clone();
+        outcome.body_excerpt = None;
+        let mut detail = refusal.to_string();
+        let mut cause = std::error::Error::source(refusal);
+        while let Some(err) = cause {
+            detail.push_str(": ");
+            detail.push_str(&err.to_string());
+            cause = err.source();
+        }
+        let detail: String = detail.replace('\0', "").chars().take(300).collect();
+        outcome.error = Some(format!(
+            "the database refused this attempt's record ({detail}); its response excerpt and error text were dropped"
+        ));
+        Self {
+            outcome,
+            ..self.clone()
+        }
+    }
 }
 
 /// Applies the batch's outcomes to each webhook's health, in the order the attempts started: a
@@ -423,7 +529,7 @@ async fn update_health(
     .await?;
     for (org_id, webhook_id, url, failures, reason) in disabled {
         tracing::warn!(%org_id, %webhook_id, failures, reason, "webhook deactivated");
-        sqlx::query("UPDATE delivery_jobs SET state = 'parked' WHERE org_id = $1 AND webhook_id = $2 AND state = 'available'")
+        sqlx::query("UPDATE delivery_jobs SET state = 'parked' WHERE org_id = $1 AND webhook_id = $2 AND state IN ('available', 'scheduled')")
             .bind(org_id)
             .bind(webhook_id)
             .execute(&mut *tx)
@@ -454,7 +560,28 @@ pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), QueueError> {
     .await?)
 }
 
-/// When the next scheduled job falls due, if any.
+/// Most scheduled jobs made available by one statement.
+pub const PROMOTE_BATCH: i64 = 1000;
+
+/// Makes scheduled retries whose time has come `available` (an index range over what is due:
+/// idle retries are never read). Returns how many, and when the next one falls due.
+pub async fn promote_due(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), QueueError> {
+    Ok(sqlx::query_as(
+        "WITH promoted AS (
+             UPDATE delivery_jobs SET state = 'available'
+              WHERE delivery_id IN (SELECT delivery_id FROM delivery_jobs
+                                     WHERE state = 'scheduled' AND scheduled_at <= now()
+                                     ORDER BY scheduled_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM promoted),
+                (SELECT min(scheduled_at) FROM delivery_jobs WHERE state = 'scheduled' AND scheduled_at > now())",
+    )
+    .bind(PROMOTE_BATCH)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// When the next available job falls due, if any (scheduled ones: see [`promote_due`]).
 pub async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, QueueError> {
     Ok(
         sqlx::query_scalar("SELECT min(scheduled_at) FROM delivery_jobs WHERE state = 'available'")

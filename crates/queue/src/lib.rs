@@ -172,7 +172,7 @@ pub async fn attempt_now(
         worker_id: "api-test".into(),
     };
     let record = worker::send(&context, work).await;
-    jobs::record(
+    jobs::record_isolated(
         pool,
         std::slice::from_ref(&record),
         settings.health_policy(),

@@ -52,11 +52,16 @@ pub async fn tick(
     Ok(())
 }
 
+/// How many times a delivery may be rescued from a lost worker before it fails: a delivery that
+/// kills or stalls every worker that takes it must not be sent again forever.
+pub const MAX_LEASE_RESCUES: i32 = 3;
+
 /// A claimed delivery whose lease ran out goes back to `available`. Its worker may have sent the
 /// request before it died, so the attempt is recorded with an unknown outcome (history then
 /// shows every request that may have reached the receiver), and the delivery gets one attempt
-/// more so a crash does not use up its retries. A worker that was only slow finds its attempt
-/// number taken and its late record refused by the unique (delivery, attempt) key.
+/// more so a crash does not use up its retries — at most [`MAX_LEASE_RESCUES`] times; the next
+/// lost lease ends it `failed`, saying so. A worker that was only slow finds its attempt number
+/// taken and its late record refused by the unique (delivery, attempt) key.
 pub async fn rescue_expired_leases(pool: &PgPool, lease: Duration) -> Result<u64, QueueError> {
     let done = sqlx::query(
         "WITH expired AS (
@@ -66,29 +71,43 @@ pub async fn rescue_expired_leases(pool: &PgPool, lease: Duration) -> Result<u64
          requeued AS (
              UPDATE delivery_jobs j
                 SET state = 'available', scheduled_at = now(), max_attempts = j.max_attempts + 1,
-                    lease_expires_at = NULL, claimed_by = NULL
+                    rescues = j.rescues + 1, lease_expires_at = NULL, claimed_by = NULL
                FROM expired e
-              WHERE j.delivery_id = e.delivery_id
-          RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, e.lease_expires_at, e.claimed_by),
+              WHERE j.delivery_id = e.delivery_id AND j.rescues < $2
+          RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, e.lease_expires_at, e.claimed_by,
+                    false AS abandoned),
+         abandoned AS (
+             DELETE FROM delivery_jobs j USING expired e
+              WHERE j.delivery_id = e.delivery_id AND j.rescues >= $2
+          RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, e.lease_expires_at, e.claimed_by,
+                    true AS abandoned),
+         rescued AS (
+             SELECT r.*, 'outcome unknown: worker ' || r.claimed_by
+                         || ' stopped before recording this attempt (lease expired)'
+                         || CASE WHEN r.abandoned
+                                 THEN '; the delivery failed: its lease ran out ' || ($2 + 1)::text
+                                      || ' times, more than the ' || $2::text || ' rescues allowed'
+                                 ELSE '' END AS error
+               FROM (SELECT * FROM requeued UNION ALL SELECT * FROM abandoned) r),
          recorded AS (
              INSERT INTO webhook_delivery_attempts
                     (id, org_id, delivery_id, webhook_id, attempt_number, url, error, latency_ms, started_at)
-             SELECT gen_random_uuid(), r.org_id, r.delivery_id, r.webhook_id, r.attempt, w.url,
-                    format('outcome unknown: worker %s stopped before recording this attempt (lease expired)',
-                           r.claimed_by),
+             SELECT gen_random_uuid(), r.org_id, r.delivery_id, r.webhook_id, r.attempt, w.url, r.error,
                     0, r.lease_expires_at - make_interval(secs => $1)
-               FROM requeued r JOIN webhooks w ON w.org_id = r.org_id AND w.id = r.webhook_id
+               FROM rescued r JOIN webhooks w ON w.org_id = r.org_id AND w.id = r.webhook_id
               WHERE r.attempt >= 1
-             ON CONFLICT (org_id, delivery_id, attempt_number) DO NOTHING
-          RETURNING org_id, delivery_id, attempt_number, error),
+             ON CONFLICT (org_id, delivery_id, attempt_number) DO NOTHING),
          noted AS (
              UPDATE webhook_deliveries d
-                SET attempt_number = greatest(d.attempt_number, r.attempt_number), last_error = r.error
-               FROM recorded r
+                SET attempt_number = greatest(d.attempt_number, r.attempt), last_error = r.error,
+                    status = CASE WHEN r.abandoned THEN 'failed' ELSE d.status END,
+                    next_attempt_at = CASE WHEN r.abandoned THEN NULL ELSE d.next_attempt_at END
+               FROM rescued r
               WHERE d.org_id = r.org_id AND d.id = r.delivery_id AND d.status NOT IN ('sent', 'failed', 'cancelled'))
-         SELECT count(*) FROM requeued",
+         SELECT count(*) FROM rescued",
     )
     .bind(lease.as_secs_f64())
+    .bind(MAX_LEASE_RESCUES)
     .fetch_one(pool)
     .await?;
     let rescued: i64 = sqlx::Row::get(&done, 0);

@@ -9,7 +9,7 @@ use hookrelay_storage::{SecretBox, events::JOBS_CHANNEL, webhooks::secret_contex
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::Instrument;
 
@@ -51,12 +51,38 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
         stopped.clone(),
     ));
     let (records, inbox) = mpsc::channel(RECORD_BUFFER);
-    let recorder = tokio::spawn(record_loop(ctx.clone(), inbox, wake.clone()));
+    let promote_at = Arc::new(PromoteAt::default());
+    let recorder = tokio::spawn(record_loop(
+        ctx.clone(),
+        inbox,
+        wake.clone(),
+        promote_at.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
 
     loop {
         if *stopped.borrow() {
             break;
+        }
+        if promote_at.is_due() {
+            match jobs::promote_due(&ctx.pool).await {
+                Ok((promoted, next)) => {
+                    // A full batch means more may be due already: look again at once.
+                    let next_look = if promoted >= jobs::PROMOTE_BATCH {
+                        Duration::ZERO
+                    } else {
+                        next.map_or(ctx.settings.poll_interval, |at| {
+                            (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+                        })
+                        .min(ctx.settings.poll_interval)
+                    };
+                    promote_at.set_in(next_look);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "promoting due retries failed; retrying");
+                    promote_at.set_in(Duration::from_secs(1));
+                }
+            }
         }
         let free = slots.available_permits();
         if free == 0 {
@@ -99,9 +125,10 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
                 _ => ctx.settings.poll_interval,
             }
             .min(ctx.settings.poll_interval);
-            if wait.is_zero() && !claimed.is_empty() {
+            if (wait.is_zero() && !claimed.is_empty()) || promote_at.is_due() {
                 continue;
             }
+            let wait = wait.min(promote_at.remaining());
             // Work is due but none was claimable: its webhooks are at their in-flight cap or
             // rate limit (or another worker holds them). A finished attempt wakes us sooner.
             let wait = if wait.is_zero() {
@@ -248,8 +275,49 @@ pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
     }
 }
 
+/// When this process next promotes scheduled retries: at the earliest one it knows of, and at
+/// least every poll interval (other processes schedule retries too).
+struct PromoteAt(std::sync::Mutex<Instant>);
+
+impl Default for PromoteAt {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(Instant::now()))
+    }
+}
+
+impl PromoteAt {
+    fn is_due(&self) -> bool {
+        *self.0.lock().expect("not poisoned") <= Instant::now()
+    }
+
+    fn remaining(&self) -> Duration {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .saturating_duration_since(Instant::now())
+    }
+
+    fn set_in(&self, wait: Duration) {
+        *self.0.lock().expect("not poisoned") = Instant::now() + wait;
+    }
+
+    /// A retry this process just scheduled may fall due before the next planned look.
+    fn no_later_than(&self, at: chrono::DateTime<Utc>) {
+        let at = Instant::now() + (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let mut planned = self.0.lock().expect("not poisoned");
+        if at < *planned {
+            *planned = at;
+        }
+    }
+}
+
 /// Writes outcomes in batches; each committed batch frees in-flight room, so it wakes the claimer.
-async fn record_loop(ctx: Arc<Context>, mut inbox: mpsc::Receiver<Record>, wake: Arc<Notify>) {
+async fn record_loop(
+    ctx: Arc<Context>,
+    mut inbox: mpsc::Receiver<Record>,
+    wake: Arc<Notify>,
+    promote_at: Arc<PromoteAt>,
+) {
     while let Some(first) = inbox.recv().await {
         let mut batch = vec![first];
         while batch.len() < RECORD_BATCH {
@@ -260,8 +328,18 @@ async fn record_loop(ctx: Arc<Context>, mut inbox: mpsc::Receiver<Record>, wake:
         }
         let mut backoff = Duration::from_millis(100);
         loop {
-            match jobs::record(&ctx.pool, &batch, ctx.settings.health_policy()).await {
+            match jobs::record_isolated(&ctx.pool, &batch, ctx.settings.health_policy()).await {
                 Ok(accepted) => {
+                    if let Some(at) = batch
+                        .iter()
+                        .filter_map(|r| match r.next {
+                            Next::RetryAt(at) => Some(at),
+                            _ => None,
+                        })
+                        .min()
+                    {
+                        promote_at.no_later_than(at);
+                    }
                     wake.notify_one();
                     if accepted < batch.len() {
                         tracing::warn!(
@@ -271,16 +349,11 @@ async fn record_loop(ctx: Arc<Context>, mut inbox: mpsc::Receiver<Record>, wake:
                     }
                     break;
                 }
-                Err(err) if err.is_transient() => {
+                Err(err) => {
                     // Keep the batch: the database is restarting or saturated.
                     tracing::warn!(error = %err, "recording outcomes failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(err) => {
-                    // The jobs stay leased and are sent again after the lease: nothing is lost.
-                    tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "recording outcomes failed");
-                    break;
                 }
             }
         }

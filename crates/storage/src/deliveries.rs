@@ -22,6 +22,7 @@ pub struct Delivery {
     pub status: String,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
+    pub response_body_encoding: String,
     pub attempt_number: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -45,6 +46,7 @@ pub struct Attempt {
     pub url: String,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
+    pub response_body_encoding: String,
     pub error: Option<String>,
     pub latency_ms: i32,
     pub started_at: DateTime<Utc>,
@@ -53,7 +55,7 @@ pub struct Attempt {
 macro_rules! columns {
     () => {
         "id, org_id, webhook_id, event_id, event, event_count, payload, status, response_status, response_body,
-         attempt_number, last_error, next_attempt_at, delivered_at, created_at, updated_at"
+         response_body_encoding, attempt_number, last_error, next_attempt_at, delivered_at, created_at, updated_at"
     };
 }
 
@@ -116,7 +118,7 @@ pub async fn attempts(
     delivery_id: Uuid,
 ) -> crate::Result<Vec<Attempt>> {
     Ok(sqlx::query_as(
-        "SELECT attempt_number, url, response_status, response_body, error, latency_ms, started_at
+        "SELECT attempt_number, url, response_status, response_body, response_body_encoding, error, latency_ms, started_at
            FROM webhook_delivery_attempts WHERE org_id = $1 AND delivery_id = $2 ORDER BY attempt_number",
     )
     .bind(org_id)

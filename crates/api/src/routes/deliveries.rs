@@ -3,6 +3,7 @@
 
 use actix_web::{HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
+use hookrelay_queue::deliver::BodyExcerpt;
 use hookrelay_queue::jobs::{self, ClaimedJob};
 use hookrelay_storage::{StorageError, deliveries, webhooks};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,15 @@ pub enum DeliveryStatus {
     Cancelled,
 }
 
+/// How `response_body` holds the receiver's answer: `utf8` when it was UTF-8 text without NUL,
+/// else `base64` of its bytes (binary, gzip, UTF-16, NUL).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyEncoding {
+    Utf8,
+    Base64,
+}
+
 impl DeliveryStatus {
     fn as_str(self) -> &'static str {
         match self {
@@ -43,8 +53,10 @@ pub struct AttemptOut {
     pub attempt_number: i32,
     pub url: String,
     pub response_status: Option<i32>,
-    /// The first 4 KiB of the answer.
+    /// The first 4 KiB of the answer, as `response_body_encoding` says.
     pub response_body: Option<String>,
+    #[schema(value_type = BodyEncoding)]
+    pub response_body_encoding: String,
     pub error: Option<String>,
     pub latency_ms: i32,
     pub started_at: DateTime<Utc>,
@@ -65,7 +77,10 @@ pub struct DeliveryOut {
     #[schema(value_type = Object)]
     pub payload: Value,
     pub response_status: Option<i32>,
+    /// The latest attempt's first 4 KiB of answer, as `response_body_encoding` says.
     pub response_body: Option<String>,
+    #[schema(value_type = BodyEncoding)]
+    pub response_body_encoding: String,
     pub attempt_number: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -89,6 +104,7 @@ impl From<deliveries::Delivery> for DeliveryOut {
             payload: d.payload.0,
             response_status: d.response_status,
             response_body: d.response_body,
+            response_body_encoding: d.response_body_encoding,
             attempt_number: d.attempt_number,
             last_error: d.last_error,
             next_attempt_at: d.next_attempt_at,
@@ -169,6 +185,7 @@ pub async fn get_delivery(
                 url: a.url,
                 response_status: a.response_status,
                 response_body: a.response_body,
+                response_body_encoding: a.response_body_encoding,
                 error: a.error,
                 latency_ms: a.latency_ms,
                 started_at: a.started_at,
@@ -265,8 +282,10 @@ pub struct TestOutcome {
     pub success: bool,
     pub response_status: Option<i32>,
     pub latency_ms: i64,
-    /// The first 4 KiB of the answer.
+    /// The first 4 KiB of the answer, as `response_body_encoding` says.
     pub response_body: Option<String>,
+    #[schema(value_type = BodyEncoding)]
+    pub response_body_encoding: String,
     pub error: Option<String>,
 }
 
@@ -322,7 +341,13 @@ pub async fn test(
         success: record.outcome.succeeded(),
         response_status: record.outcome.status.map(i32::from),
         latency_ms: i64::try_from(record.outcome.latency.as_millis()).unwrap_or(i64::MAX),
-        response_body: record.outcome.body_excerpt,
+        response_body_encoding: record
+            .outcome
+            .body_excerpt
+            .as_ref()
+            .map_or("utf8", BodyExcerpt::encoding)
+            .to_owned(),
+        response_body: record.outcome.body_excerpt.map(|b| b.text().to_owned()),
         error: record.outcome.error,
     }))
 }

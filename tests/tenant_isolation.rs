@@ -1,0 +1,374 @@
+//! One tenant never hurts another (issue 12): a receiver's odd answer bytes, a record the
+//! database refuses, a delivery whose worker keeps vanishing, slow request bodies and other
+//! tenants' idle retries must not break or slow down anybody else.
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine;
+use hookrelay_tests::receiver::Receiver;
+use hookrelay_tests::{Org, TestApp, eventually, status_json};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Answers 200 with exactly the bytes its path names, and counts each delivery id it gets.
+struct OddReceiver {
+    base: String,
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+const NUL_BODY: &[u8] = b"ok\0still ok";
+/// The start of a real gzip stream (magic, deflate, flags, mtime…) and some compressed bytes.
+const GZIP_BODY: &[u8] = &[
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xcb, 0x48, 0xcd, 0xc9, 0xc9, 0x07,
+    0x00, 0x86, 0xa6, 0x10, 0x36, 0x05, 0x00, 0x00, 0x00,
+];
+/// "hé" in Latin-1, then UTF-16LE with a BOM: neither is UTF-8.
+const NOT_UTF8_BODY: &[u8] = &[b'h', 0xe9, b' ', 0xff, 0xfe, b'h', 0x00, b'i', 0x00];
+
+fn body_for(path: &str) -> &'static [u8] {
+    match path {
+        "/nul" => NUL_BODY,
+        "/gzip" => GZIP_BODY,
+        _ => NOT_UTF8_BODY,
+    }
+}
+
+impl OddReceiver {
+    async fn start() -> Self {
+        let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let data = web::Data::new(seen.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = HttpServer::new(move || {
+            App::new().app_data(data.clone()).default_service(web::to(
+                |req: HttpRequest, seen: web::Data<Arc<Mutex<HashMap<String, usize>>>>| async move {
+                    let id = req
+                        .headers()
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    *seen.lock().unwrap().entry(id).or_default() += 1;
+                    let mut reply = HttpResponse::Ok();
+                    if req.path() == "/gzip" {
+                        reply.insert_header(("Content-Encoding", "gzip"));
+                    }
+                    reply.body(body_for(req.path()))
+                },
+            ))
+        })
+        .listen(listener)
+        .unwrap()
+        .workers(1)
+        .disable_signals()
+        .run();
+        tokio::spawn(server);
+        Self {
+            base: format!("http://{addr}"),
+            seen,
+        }
+    }
+}
+
+async fn publish_many(app: &TestApp, org: &Org, tenant: &str, n: usize) {
+    for i in 0..n {
+        let (status, body) = app
+            .publish(
+                &org.token,
+                json!({"event": "device.online", "data": {"tenant": tenant, "i": i}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+/// Both tenants publish `each` events at once; then every delivery must finish, and nothing
+/// may be sent again afterwards (the old failure mode re-sent leased jobs forever).
+async fn publish_side_by_side(app: &TestApp, [a, b]: [&Org; 2], each: usize) {
+    tokio::join!(
+        publish_many(app, a, "first", each),
+        publish_many(app, b, "second", each),
+    );
+    assert!(
+        all_finished(app, Duration::from_secs(20)).await,
+        "every delivery of both tenants finishes: {:?}",
+        hookrelay_tests::delivery_statuses(&app.db.pool).await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Waits until no delivery is left unfinished; true when that happened in time.
+async fn all_finished(app: &TestApp, timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_deliveries WHERE status NOT IN ('sent', 'failed', 'cancelled')",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        open == 0
+    })
+    .await
+}
+
+/// Every delivery is `sent` after exactly one attempt, recorded once.
+async fn assert_sent_once_each(app: &TestApp, expected: i64) {
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT d.status, d.attempt_number, (SELECT count(*) FROM webhook_delivery_attempts a
+                                               WHERE a.org_id = d.org_id AND a.delivery_id = d.id)
+           FROM webhook_deliveries d WHERE d.event <> 'webhook.test'",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len() as i64, expected);
+    for (status, attempt, attempts) in rows {
+        assert_eq!(
+            (status.as_str(), attempt, attempts),
+            ("sent", 1, 1),
+            "sent once, one attempt row"
+        );
+    }
+}
+
+#[tokio::test]
+async fn odd_response_bytes_never_poison_other_records() {
+    let app = TestApp::spawn_with(&[("HOOKRELAY_LEASE", "60s")]).await;
+    let odd = OddReceiver::start().await;
+    let poisoner = app.create_org("answers in bytes").await;
+    let mut odd_hooks = Vec::new();
+    for path in ["/nul", "/gzip", "/latin1"] {
+        let hook = app
+            .create_webhook(
+                &poisoner,
+                json!({"url": format!("{}{path}", odd.base), "events": ["device.online"]}),
+            )
+            .await;
+        odd_hooks.push((path, hook["id"].as_str().unwrap().to_owned()));
+    }
+    let bystander = app.create_org("bystander").await;
+    let rx = Receiver::start().await;
+    app.create_webhook(
+        &bystander,
+        json!({"url": rx.url, "events": ["device.online"]}),
+    )
+    .await;
+
+    const EACH: usize = 40;
+    publish_side_by_side(&app, [&poisoner, &bystander], EACH).await;
+    assert_sent_once_each(&app, (EACH * 4) as i64).await;
+    let seen = odd.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), EACH * 3);
+    assert!(seen.values().all(|&n| n == 1), "each request exactly once");
+    let hits = rx.hits();
+    assert_eq!(hits.len(), EACH);
+
+    // Each attempt keeps exactly the bytes answered, as base64, and says so.
+    for (path, hook) in &odd_hooks {
+        let stored: Vec<(Option<String>, String)> = sqlx::query_as(
+            "SELECT response_body, response_body_encoding FROM webhook_delivery_attempts
+              WHERE webhook_id = $1::uuid",
+        )
+        .bind(hook)
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(stored.len(), EACH);
+        for (body, encoding) in stored {
+            assert_eq!(encoding, "base64", "{path}");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(body.unwrap())
+                .unwrap();
+            assert_eq!(bytes, body_for(path), "{path}");
+        }
+        let webhook: Value = app
+            .req(
+                reqwest::Method::GET,
+                &format!("/api/v1/webhooks/{hook}"),
+                &poisoner.token,
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(webhook["health_status"], "healthy");
+    }
+
+    // The test send answers 200 with the outcome, whatever the bytes.
+    for (path, hook) in &odd_hooks {
+        let (status, outcome) = status_json(
+            app.req(
+                reqwest::Method::POST,
+                &format!("/api/v1/webhooks/{hook}/test"),
+                &poisoner.token,
+            )
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{path}: {outcome}");
+        assert_eq!(outcome["success"], true);
+        assert_eq!(outcome["response_body_encoding"], "base64");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(outcome["response_body"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(bytes, body_for(path));
+        // And the API shows the delivery's attempt the same way.
+        let id = outcome["delivery_id"].as_str().unwrap();
+        let (_, delivery) = status_json(
+            app.req(
+                reqwest::Method::GET,
+                &format!("/api/v1/deliveries/{id}"),
+                &poisoner.token,
+            )
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            delivery["attempts"][0]["response_body_encoding"], "base64",
+            "{delivery}"
+        );
+    }
+    app.stop().await;
+}
+
+/// A record the database refuses (here: a trigger refusing one webhook's response excerpts)
+/// is recorded without its excerpt, saying why; the rest of its batch is recorded as it was.
+#[tokio::test]
+async fn a_refused_record_is_isolated_from_its_batch() {
+    let app = TestApp::spawn().await;
+    let odd = app.create_org("refused").await;
+    let rx_odd = Receiver::start().await;
+    let refused = app
+        .create_webhook(
+            &odd,
+            json!({"url": rx_odd.url, "events": ["device.online"]}),
+        )
+        .await;
+    let refused_id = refused["id"].as_str().unwrap().to_owned();
+    let bystander = app.create_org("bystander").await;
+    let rx = Receiver::start().await;
+    app.create_webhook(
+        &bystander,
+        json!({"url": rx.url, "events": ["device.online"]}),
+    )
+    .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION refuse_excerpt() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.webhook_id = '{refused_id}' AND NEW.response_body IS NOT NULL THEN
+                 RAISE EXCEPTION 'this excerpt is refused';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_excerpt BEFORE INSERT ON webhook_delivery_attempts
+             FOR EACH ROW EXECUTE FUNCTION refuse_excerpt();"
+    )))
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+
+    const EACH: usize = 40;
+    publish_side_by_side(&app, [&odd, &bystander], EACH).await;
+    assert_sent_once_each(&app, (EACH * 2) as i64).await;
+    assert_eq!(rx.hits().len(), EACH);
+    assert_eq!(rx_odd.hits().len(), EACH);
+    let errors: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT error FROM webhook_delivery_attempts WHERE webhook_id = $1::uuid",
+    )
+    .bind(&refused_id)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(errors.len(), EACH);
+    for error in errors {
+        let error = error.expect("the refusal is recorded");
+        assert!(
+            error.contains("the database refused this attempt's record")
+                && error.contains("this excerpt is refused"),
+            "{error}"
+        );
+    }
+    let bystander_bodies: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT a.response_body FROM webhook_delivery_attempts a WHERE a.org_id = $1",
+    )
+    .bind(bystander.id)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        bystander_bodies
+            .iter()
+            .all(|b| b.as_deref() == Some("reply 200"))
+    );
+    app.stop().await;
+}
+
+/// A delivery whose worker vanishes every time is rescued a bounded number of times, then
+/// fails saying why; its attempt numbers never pass `max_attempts` plus the rescues allowed.
+#[tokio::test]
+async fn lease_rescue_is_bounded() {
+    use hookrelay_queue::maintenance::{MAX_LEASE_RESCUES, rescue_expired_leases};
+    let db = hookrelay_tests::TestDb::new().await;
+    let env = hookrelay_tests::test_env(&db);
+    // The API alone: no worker claims what this test claims by hand.
+    let app = TestApp::spawn_on(db, env, hookrelay::Roles::API).await;
+    let org = app.create_org("vanishing workers").await;
+    let rx = Receiver::start().await;
+    app.create_webhook(&org, json!({"url": rx.url, "events": ["device.online"]}))
+        .await;
+    let (status, body) = app
+        .publish(&org.token, json!({"event": "device.online", "data": {}}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let max_attempts: i32 = sqlx::query_scalar("SELECT max_attempts FROM delivery_jobs")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let lease = Duration::from_millis(50);
+    let mut rescues = 0;
+    for round in 0..=MAX_LEASE_RESCUES {
+        let claimed = hookrelay_queue::jobs::claim(&app.db.pool, "doomed", 10, lease, 16)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1, "round {round}: claimable again");
+        tokio::time::sleep(lease * 2).await;
+        rescues += rescue_expired_leases(&app.db.pool, lease).await.unwrap();
+    }
+    assert_eq!(rescues, (MAX_LEASE_RESCUES + 1) as u64);
+    let (status, attempt, error): (String, i32, String) =
+        sqlx::query_as("SELECT status, attempt_number, last_error FROM webhook_deliveries")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+    assert!(error.contains("lease ran out"), "{error}");
+    assert!(attempt <= max_attempts + MAX_LEASE_RESCUES);
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_jobs")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 0, "the job left the queue");
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_delivery_attempts")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts,
+        (MAX_LEASE_RESCUES + 1) as i64,
+        "each lost attempt recorded"
+    );
+    assert!(
+        hookrelay_queue::jobs::claim(&app.db.pool, "doomed", 10, lease, 16)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    app.stop().await;
+}
