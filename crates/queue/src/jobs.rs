@@ -41,24 +41,10 @@ pub struct Work {
     pub previous_secret: Option<String>,
 }
 
-/// Claims up to `limit` due jobs for `worker`, leased for `lease`, in one statement:
-///
-/// 1. every webhook with available work, found by a skip scan (one index probe per webhook);
-/// 2. those with due work, each with its room: `per_endpoint` minus its attempts in flight, and
-///    for a rate-limited webhook what is left of this second's allowance;
-/// 3. taken in turns: each organization's longest-waiting webhook first, then its second…, so a
-///    tenant with a huge backlog or many webhooks gets the same turns as any other;
-/// 4. a webhook is only served under its advisory lock, so two workers cannot both fill its room;
-/// 5. the jobs are leased and, for rate-limited webhooks, counted in the current window.
-pub async fn claim(
-    pool: &PgPool,
-    worker: &str,
-    limit: i64,
-    lease: Duration,
-    per_endpoint: i32,
-) -> Result<Vec<ClaimedJob>, QueueError> {
-    Ok(sqlx::query_as(
-        "WITH RECURSIVE hooks AS (
+/// The claim statement ([`claim`]): `$1` limit, `$2` lease in seconds, `$3` worker, `$4` the
+/// per-endpoint cap. Public so tests can read its plan: its skip scan must visit only webhooks
+/// with due work, however many idle retries other tenants hold.
+pub const CLAIM: &str = "WITH RECURSIVE hooks AS (
              (SELECT org_id, webhook_id, scheduled_at FROM delivery_jobs
                WHERE state = 'available'
                ORDER BY org_id, webhook_id, scheduled_at LIMIT 1)
@@ -111,14 +97,31 @@ pub async fn claim(
                 lease_expires_at = now() + make_interval(secs => $2), claimed_by = $3
            FROM picked
           WHERE j.delivery_id = picked.delivery_id
-      RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, j.max_attempts",
-    )
-    .bind(limit)
-    .bind(lease.as_secs_f64())
-    .bind(worker)
-    .bind(per_endpoint)
-    .fetch_all(pool)
-    .await?)
+      RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, j.max_attempts";
+
+/// Claims up to `limit` due jobs for `worker`, leased for `lease`, in one statement:
+///
+/// 1. every webhook with available work, found by a skip scan (one index probe per webhook);
+/// 2. those with due work, each with its room: `per_endpoint` minus its attempts in flight, and
+///    for a rate-limited webhook what is left of this second's allowance;
+/// 3. taken in turns: each organization's longest-waiting webhook first, then its second…, so a
+///    tenant with a huge backlog or many webhooks gets the same turns as any other;
+/// 4. a webhook is only served under its advisory lock, so two workers cannot both fill its room;
+/// 5. the jobs are leased and, for rate-limited webhooks, counted in the current window.
+pub async fn claim(
+    pool: &PgPool,
+    worker: &str,
+    limit: i64,
+    lease: Duration,
+    per_endpoint: i32,
+) -> Result<Vec<ClaimedJob>, QueueError> {
+    Ok(sqlx::query_as(CLAIM)
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .bind(worker)
+        .bind(per_endpoint)
+        .fetch_all(pool)
+        .await?)
 }
 
 pub async fn load(pool: &PgPool, jobs: &[ClaimedJob]) -> Result<Vec<Work>, QueueError> {
