@@ -501,3 +501,141 @@ async fn idle_retries_of_other_tenants_are_not_scanned_by_claims() {
     assert_eq!(waiting, idle);
     app.stop().await;
 }
+
+/// A client that sends its headers, then its body one byte at a time; returns the status the
+/// service answered with (0 when it answered nothing within `patience`).
+async fn trickle(addr: String, head: String, patience: Duration) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        if write.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for _ in 0..1000 {
+            if write.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut line = String::new();
+    let status = tokio::time::timeout(patience, BufReader::new(read).read_line(&mut line))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|_| line.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    writer.abort();
+    status
+}
+
+/// Slow clients cannot take the API away from others: 60 unauthenticated clients trickling
+/// bodies to a signed ingest URL and 20 trickling to `/events` with a bad key hold no room for
+/// database work; another tenant's requests keep answering at once. The tricklers get 408
+/// (body deadline) and 401 (refused before their body is read).
+#[tokio::test]
+async fn trickling_bodies_do_not_take_the_api_away() {
+    let app = TestApp::spawn_with(&[("HOOKRELAY_BODY_TIMEOUT", "3s")]).await;
+    let owner = app.create_org("source owner").await;
+    let (status, source) = status_json(
+        app.req(reqwest::Method::POST, "/api/v1/sources", &owner.token)
+            .json(&json!({"kind": "signed", "name": "sensors", "event_type": "temperature_update"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{source}");
+    let other = app.create_org("other tenant").await;
+    let rx = Receiver::start().await;
+    app.create_webhook(&other, json!({"url": rx.url, "events": ["device.online"]}))
+        .await;
+
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let patience = Duration::from_secs(15);
+    let mut tricklers = Vec::new();
+    for n in 0..80 {
+        let head = if n < 60 {
+            format!(
+                "POST /ingest/{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Webhook-Signature: sha256=00\r\nContent-Length: 1000\r\n\r\n",
+                source["id"].as_str().unwrap()
+            )
+        } else {
+            "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer hr_not_a_key\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n".to_owned()
+        };
+        tricklers.push(tokio::spawn(trickle(addr.clone(), head, patience)));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut worst = Duration::ZERO;
+    let mut answers = HashMap::<u16, usize>::new();
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        let started = std::time::Instant::now();
+        let status = app
+            .req(reqwest::Method::GET, "/api/v1/webhooks", &other.token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        worst = worst.max(started.elapsed());
+        *answers.entry(status).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("other tenant while 80 clients trickle: {answers:?}, worst {worst:?}");
+    assert_eq!(
+        answers.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{answers:?}"
+    );
+    assert!(worst < Duration::from_secs(1), "worst {worst:?}");
+    let mut statuses = Vec::new();
+    for t in tricklers {
+        statuses.push(t.await.unwrap());
+    }
+    assert!(statuses[..60].iter().all(|&s| s == 408), "{statuses:?}");
+    assert!(statuses[60..].iter().all(|&s| s == 401), "{statuses:?}");
+    app.stop().await;
+}
+
+/// Test sends wait on the receiver, not the database: thirty of them to an endpoint that takes
+/// two seconds to answer hold no room, and another tenant's requests answer at once.
+#[tokio::test]
+async fn test_sends_to_a_slow_endpoint_hold_no_room() {
+    let app = TestApp::spawn().await;
+    let slow_owner = app.create_org("slow endpoint").await;
+    let slow = Receiver::start().await;
+    slow.set_default(hookrelay_tests::receiver::Reply::slow(Duration::from_secs(
+        2,
+    )));
+    let hook = app
+        .create_webhook(
+            &slow_owner,
+            json!({"url": slow.url, "events": ["device.online"]}),
+        )
+        .await;
+    let other = app.create_org("other tenant").await;
+    let path = format!("/api/v1/webhooks/{}/test", hook["id"].as_str().unwrap());
+    let sends: Vec<_> = (0..30)
+        .map(|_| {
+            let request = app.req(reqwest::Method::POST, &path, &slow_owner.token);
+            tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    assert_eq!(slow.wait_for(30, Duration::from_secs(5)).await.len(), 30);
+    let started = std::time::Instant::now();
+    let status = app
+        .req(reqwest::Method::GET, "/api/v1/webhooks", &other.token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let waited = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(waited < Duration::from_millis(500), "{waited:?}");
+    for send in sends {
+        assert_eq!(send.await.unwrap(), 200);
+    }
+    app.stop().await;
+}

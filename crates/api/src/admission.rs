@@ -1,18 +1,24 @@
 //! Load shedding: at most `max_in_flight` requests that need the database are handled at once,
 //! at most four times as many wait for room, each for at most `max_wait`; any other is answered
 //! 503 with `Retry-After` at once. A burst is absorbed by the short queue; a flood costs one
-//! cheap refusal per excess request (its body is never read), so accepted requests stay fast,
-//! memory stays bounded, and the health endpoints — which never wait here — keep answering.
+//! cheap refusal per excess request, so accepted requests stay fast, memory stays bounded, and
+//! the health endpoints — which never wait here — keep answering.
+//!
+//! Room is taken only when database work is about to start: a request without a body is
+//! admitted here, one with a body once the body has arrived (see [`crate::body`]) — so clients
+//! trickling bodies, or sending them with bad credentials (refused before the body is read),
+//! never hold room that other tenants need. A handler that waits on something other than the
+//! database (the test send's HTTP call) gives its room back with [`release`].
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::web;
+use actix_web::{HttpMessage, HttpRequest, web};
 use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ApiState;
 use crate::problem::ApiError;
@@ -51,11 +57,43 @@ pub async fn middleware(
     if exempt(req.path()) {
         return next.call(req).await;
     }
-    let state = req
-        .app_data::<web::Data<ApiState>>()
-        .expect("ApiState is registered")
-        .clone();
-    let admission = &state.admission;
+    if !has_body(&req) {
+        let state = req
+            .app_data::<web::Data<ApiState>>()
+            .expect("ApiState is registered")
+            .clone();
+        admit(req.request(), &state.admission).await?;
+    }
+    let response = next.call(req).await;
+    // The request may outlive its response (while the body is written): room is given back now.
+    if let Ok(response) = &response {
+        release(response.request());
+    }
+    response
+}
+
+/// Whether the request announces a body (a length above zero, or chunks).
+fn has_body(req: &ServiceRequest) -> bool {
+    let headers = req.headers();
+    headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|len| len > 0)
+}
+
+/// Room held by a request, kept in its extensions until [`release`]d.
+struct Admitted {
+    _room: OwnedSemaphorePermit,
+}
+
+/// Waits for room for `req` (or refuses it with 503 `overloaded`); the room is held until the
+/// response is produced or [`release`] gives it back. Taking room twice is a no-op.
+pub async fn admit(req: &HttpRequest, admission: &Admission) -> Result<(), ApiError> {
+    if req.extensions().contains::<Admitted>() {
+        return Ok(());
+    }
     let permit = match admission.slots.clone().try_acquire_owned() {
         Ok(permit) => Some(permit),
         Err(_) => {
@@ -73,11 +111,15 @@ pub async fn middleware(
     };
     let Some(permit) = permit else {
         admission.shed.inc();
-        return Err(ApiError::Overloaded.into());
+        return Err(ApiError::Overloaded);
     };
-    let response = next.call(req).await;
-    drop(permit);
-    response
+    req.extensions_mut().insert(Admitted { _room: permit });
+    Ok(())
+}
+
+/// Gives back the room `req` holds, before a wait that is not database work.
+pub fn release(req: &HttpRequest) {
+    req.extensions_mut().remove::<Admitted>();
 }
 
 /// One request waiting for room.

@@ -1,6 +1,8 @@
-//! Request bodies: JSON only, at most `HOOKRELAY_MAX_BODY` bytes (413 above), deserialized with
-//! the path of the offending field in the 400 (`events[2]: invalid type: integer, expected a
-//! string`). Bodies are read before anything is written, so bad input never half-writes.
+//! Request bodies: JSON only, at most `HOOKRELAY_MAX_BODY` bytes (413 above), whole within
+//! `HOOKRELAY_BODY_TIMEOUT` (408 after), deserialized with the path of the offending field in
+//! the 400 (`events[2]: invalid type: integer, expected a string`). Bodies are read before
+//! anything is written, so bad input never half-writes, and before the request is admitted to
+//! database work: a client trickling its body holds a connection, never a share of the database.
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -28,7 +30,8 @@ where
     read_with_limit(req, payload, limit).await
 }
 
-/// Reads the raw body, refusing more than `limit` bytes (413) before reading them.
+/// Reads the raw body, refusing more than `limit` bytes (413) before reading them and a body
+/// still incomplete at the deadline (408); then waits for admission to database work.
 pub async fn read_with_limit<S>(
     req: &HttpRequest,
     payload: &mut S,
@@ -45,17 +48,30 @@ where
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
+    let state = req.app_data::<web::Data<ApiState>>();
+    let deadline = state.map_or(DEFAULT_BODY_TIMEOUT, |s| s.settings.body_timeout);
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk
+                .map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        Ok(body.freeze())
+    };
+    let body = tokio::time::timeout(deadline, read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout(deadline))??;
+    if let Some(state) = state {
+        crate::admission::admit(req, &state.admission).await?;
     }
-    Ok(body.freeze())
+    Ok(body)
 }
+
+const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn is_json(req: &HttpRequest) -> bool {
     match req

@@ -40,6 +40,8 @@ pub struct ApiSettings {
     /// then get 503 (see [`admission`]).
     pub max_in_flight: usize,
     pub admission_wait: std::time::Duration,
+    /// Longest time a request body may take to arrive (408 after).
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for ApiSettings {
@@ -54,6 +56,7 @@ impl Default for ApiSettings {
             public_url: "http://127.0.0.1:8080".into(),
             max_in_flight: 40,
             admission_wait: std::time::Duration::from_millis(500),
+            body_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

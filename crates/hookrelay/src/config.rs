@@ -55,6 +55,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "largest accepted request body (413 above)",
     ),
     (
+        "HOOKRELAY_BODY_TIMEOUT",
+        "10s",
+        "longest time a request body may take to arrive (408 after)",
+    ),
+    (
         "HOOKRELAY_RETENTION_DAYS",
         "30",
         "days of delivery history kept",
@@ -129,6 +134,7 @@ pub struct Config {
     pub delivery_timeout: Duration,
     pub batch_linger: Duration,
     pub max_body: usize,
+    pub body_timeout: Duration,
     pub retention_days: u32,
     pub lease: Duration,
     pub org_rate_limit: u32,
@@ -297,6 +303,7 @@ impl Config {
             delivery_timeout: r.parse("HOOKRELAY_DELIVERY_TIMEOUT", parse_duration)?,
             batch_linger: r.parse("HOOKRELAY_BATCH_LINGER", parse_duration)?,
             max_body: r.parse("HOOKRELAY_MAX_BODY", parse_size)?,
+            body_timeout: r.parse("HOOKRELAY_BODY_TIMEOUT", parse_duration)?,
             retention_days: r.parse("HOOKRELAY_RETENTION_DAYS", |v| {
                 parse_number::<u32>(v).and_then(|n| {
                     if n >= 1 {

@@ -94,6 +94,7 @@ pub fn api_settings(config: &Config) -> ApiSettings {
             .unwrap_or_else(|| format!("http://{}", config.listen)),
         // Twice the pool: enough requests to keep every connection busy while others parse.
         max_in_flight: 2 * config.db_max_connections as usize,
+        body_timeout: config.body_timeout,
         ..ApiSettings::default()
     }
 }

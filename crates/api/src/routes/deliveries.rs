@@ -296,6 +296,7 @@ pub struct TestOutcome {
     responses((status = 200, body = TestOutcome), (status = 403, body = crate::problem::Problem)))]
 #[post("/webhooks/{id}/test")]
 pub async fn test(
+    req: actix_web::HttpRequest,
     caller: Caller,
     state: web::Data<ApiState>,
     id: web::Path<Uuid>,
@@ -327,6 +328,8 @@ pub async fn test(
     let mut work = work.pop().ok_or(ApiError::NotFound("webhook"))?;
     // A test goes out even to a paused webhook: that is how its owner checks it before resuming.
     work.active = true;
+    // The receiver may take the whole delivery timeout: that wait is not database work.
+    crate::admission::release(&req);
     let record = hookrelay_queue::attempt_now(
         &state.pool,
         &state.secrets,
