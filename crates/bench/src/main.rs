@@ -38,6 +38,7 @@ async fn run_phase(b: &mut Bench, phase: &str) -> anyhow::Result<()> {
         "delivery" => phases::delivery::run(b).await,
         "fanout" => phases::fanout::run(b).await,
         "memory" => phases::memory::run(b).await,
+        "scale" => phases::scale::run(b).await,
         "history" => phases::history::run(b).await,
         other => anyhow::bail!(
             "unknown phase {other:?} (known: {})",

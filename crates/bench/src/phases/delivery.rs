@@ -42,6 +42,17 @@ pub async fn drain(
     window: Duration,
 ) -> anyhow::Result<Drain> {
     clear_undelivered_except(&svc.pool, Some(org)).await?;
+    drain_beside_others(svc, rx, org, backlog, window).await
+}
+
+/// [`drain`], leaving other organizations' queued work where it is.
+pub async fn drain_beside_others(
+    svc: &Service,
+    rx: &Receiver,
+    org: Uuid,
+    backlog: i64,
+    window: Duration,
+) -> anyhow::Result<Drain> {
     let backlog = fill_backlog(&mut *svc.pool.acquire().await?, org, backlog).await?;
     checkpoint(&svc.pool).await;
     let sent_before = count_sent(&svc.pool, org).await;

@@ -7,6 +7,7 @@ pub mod history;
 pub mod latency;
 pub mod memory;
 pub mod publish;
+pub mod scale;
 
 use crate::receiver::Receiver;
 use crate::report::Report;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 /// Every phase by name. Latency runs first, on a quiet database, so the bulk phases'
 /// checkpoints do not land in its tail.
 pub const ALL: &[&str] = &[
-    "latency", "publish", "batch", "delivery", "fanout", "memory", "history",
+    "latency", "publish", "batch", "delivery", "fanout", "memory", "scale", "history",
 ];
 
 /// Read from the environment once.
