@@ -118,7 +118,7 @@ pub async fn attempt(
         && let Some(ip) = literal_ip(&url)
         && let Some(reason) = forbidden_reason(ip)
     {
-        return Outcome::failed(format!("refused: {ip} is {reason}"), started);
+        return Outcome::failed(format!("refused: the host is {reason}"), started);
     }
     let signed = SignatureHeaders::sign(
         &request.secrets.iter().collect::<Vec<_>>(),
