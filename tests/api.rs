@@ -530,6 +530,22 @@ async fn webhook_validation_names_every_problem() {
             "url",
         ),
         (
+            json!({"url": "https://[::7f00:1]/h", "events": ["*"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://[2002:a9fe:a9fe::1]/h", "events": ["*"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://[2001::1]/h", "events": ["*"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://[fec0::1]/h", "events": ["*"]}),
+            "url",
+        ),
+        (
             json!({"url": "https://example.com/h", "events": []}),
             "events",
         ),
@@ -593,6 +609,22 @@ async fn webhook_validation_names_every_problem() {
             fields.contains(&field),
             "{body}: expected {field} in {fields:?}"
         );
+    }
+    // A refused target is explained by its rule, never by the address a name resolved to.
+    for (url, rule) in [
+        (
+            "https://[::7f00:1]/h",
+            "refused: the host resolves to an IPv4-compatible IPv6 address (::/96)",
+        ),
+        (
+            "https://localhost/h",
+            "refused: the host resolves to a loopback address",
+        ),
+    ] {
+        let (_, problem) =
+            status_json(post(json!({"url": url, "events": ["*"]})).await.unwrap()).await;
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert_eq!(message, rule, "{url}: {problem}");
     }
     let (_, problem) = status_json(post(json!({"url": "https://example.com/h", "events": ["user.created", "no.such", "ghost.*"]})).await.unwrap()).await;
     let message = problem["errors"][0]["message"].as_str().unwrap();

@@ -649,3 +649,147 @@ async fn hubble_pull_pages_with_continuation_tokens_survives_429_and_a_restart_m
     hubble.stop(false).await;
     app.stop().await;
 }
+
+/// A Hubble endpoint that accepts connections and never answers; counts them.
+fn hanging_hubble() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (url, accepted)
+}
+
+/// A Hubble stream that has one new packet on every request and asks to be polled again after
+/// `Retry-After: 1`: a pull cadence of one second.
+mod steady_hubble {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    async fn packets(state: web::Data<Arc<Mutex<Vec<Instant>>>>) -> HttpResponse {
+        let seq = {
+            let mut requests = state.lock().unwrap();
+            requests.push(Instant::now());
+            requests.len()
+        };
+        HttpResponse::Ok()
+            .insert_header(("Continuation-Token", ""))
+            .insert_header(("Retry-After", "1"))
+            .json(serde_json::json!({ "packets": [super::packet(1, seq)] }))
+    }
+
+    pub fn start(requests: Arc<Mutex<Vec<Instant>>>) -> (String, actix_web::dev::ServerHandle) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let data = web::Data::new(requests);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/api/org/{org_id}/packets", web::get().to(packets))
+        })
+        .listen(listener)
+        .unwrap()
+        .workers(1)
+        .disable_signals()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        (url, handle)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hanging_pull_sources_of_one_organization_do_not_slow_another_organizations_pulls() {
+    use std::sync::{Arc, Mutex, atomic::Ordering};
+    const CADENCE: Duration = Duration::from_secs(1);
+    // Longer than one pull request's deadline, so A's hung requests time out and are claimed
+    // again while B is watched.
+    const WATCH: Duration = Duration::from_secs(14);
+    // Four slots: without the per-organization cap, A's five sources would fill all of them.
+    let app = TestApp::spawn_with(&[("HOOKRELAY_PULL_CONCURRENCY", "4")]).await;
+    let (hang_url, hung) = hanging_hubble();
+    let org_a = app.create_org("slow-hubble").await;
+    for i in 0..5 {
+        create_source(
+            &app,
+            &org_a,
+            json!({"kind": "hubble", "name": format!("hangs-{i}"),
+                   "pull": {"base_url": hang_url, "org_id": "a", "api_token": "t"}}),
+        )
+        .await;
+    }
+    let hanging = eventually(Duration::from_secs(5), || async {
+        hung.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(hanging, "A's pulls reached the hanging endpoint");
+
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let (steady_url, steady) = steady_hubble::start(requests.clone());
+    let org_b = app.create_org("steady-hubble").await;
+    let rx = Receiver::start().await;
+    app.create_webhook(&org_b, json!({"url": rx.url, "events": ["hubble.packet"]}))
+        .await;
+    let created = Instant::now();
+    create_source(
+        &app,
+        &org_b,
+        json!({"kind": "hubble", "name": "steady",
+               "pull": {"base_url": steady_url, "org_id": "b", "api_token": "t"}}),
+    )
+    .await;
+    tokio::time::sleep(WATCH).await;
+    let watch_end = Instant::now();
+
+    let seen: Vec<Instant> = requests.lock().unwrap().clone();
+    // From the source's creation to the first request, between requests, and from the last
+    // request to the end of the watch: a stall anywhere shows.
+    let marks: Vec<Instant> = std::iter::once(created)
+        .chain(seen.iter().copied().filter(|t| *t <= watch_end))
+        .chain(std::iter::once(watch_end))
+        .collect();
+    let gaps: Vec<Duration> = marks.windows(2).map(|w| w[1] - w[0]).collect();
+    let longest = gaps.iter().max().copied().unwrap_or_default();
+    let mean = if seen.len() > 1 {
+        seen[seen.len() - 1].duration_since(seen[0]) / (seen.len() as u32 - 1)
+    } else {
+        Duration::MAX
+    };
+    println!(
+        "pull fairness: B polled {} times in {WATCH:?} (mean interval {mean:?}, longest gap {longest:?}) \
+         while A's 5 sources hung ({} connections)",
+        seen.len(),
+        hung.load(Ordering::SeqCst)
+    );
+    assert!(
+        longest <= 2 * CADENCE,
+        "B's pull kept its {CADENCE:?} cadence within 2×: longest gap {longest:?}, gaps {gaps:?}"
+    );
+    // B's packets were ingested and delivered, each once.
+    let delivered = rx.wait_for(seen.len(), Duration::from_secs(10)).await;
+    assert!(
+        delivered.len() >= seen.len(),
+        "{} packets served, {} delivered",
+        seen.len(),
+        delivered.len()
+    );
+    let unique: HashSet<u64> = delivered
+        .iter()
+        .map(|h| {
+            h.json()["data"]["device"]["sequence_number"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(unique.len(), delivered.len(), "every packet once");
+    steady.stop(false).await;
+    app.stop().await;
+}

@@ -99,6 +99,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "0",
         "API worker threads (0 = one per core)",
     ),
+    (
+        "HOOKRELAY_PULL_CONCURRENCY",
+        "16",
+        "Hubble pulls in flight at once per process; one organization gets at most a quarter (at least 1)",
+    ),
 ];
 
 /// The `--help` text listing every variable.
@@ -142,6 +147,7 @@ pub struct Config {
     pub http_workers: usize,
     pub worker_concurrency: usize,
     pub endpoint_concurrency: u32,
+    pub pull_concurrency: usize,
     pub public_url: Option<String>,
 }
 
@@ -340,6 +346,10 @@ impl Config {
                 "HOOKRELAY_ENDPOINT_CONCURRENCY",
                 parse_within::<u32>(1..=10_000),
             )?,
+            pull_concurrency: r.parse(
+                "HOOKRELAY_PULL_CONCURRENCY",
+                parse_within::<usize>(1..=1_000),
+            )?,
         };
         if config.delivery_timeout.is_zero() {
             return Err(ConfigError {
@@ -419,6 +429,7 @@ mod tests {
         assert_eq!(c.retention_days, 30);
         assert_eq!(c.lease, Duration::from_secs(60));
         assert_eq!(c.org_rate_limit, 1000);
+        assert_eq!(c.pull_concurrency, 16);
         assert!(!c.allow_http && !c.allow_private_targets);
         assert!(c.admin_token.is_none() && c.database_url.is_none());
     }

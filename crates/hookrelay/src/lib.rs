@@ -171,7 +171,7 @@ pub async fn build(
     );
     let registry = Arc::new(registry);
     // Hubble pulls run with the workers. Their base URL is user-supplied, so they use the
-    // delivery client: no redirects, every connection's address checked.
+    // delivery client: no redirects, no proxy, every connection's address checked.
     let puller = roles.workers.then(|| {
         let settings = worker_settings(config);
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -184,7 +184,7 @@ pub async fn build(
             ),
             hookrelay_ingest::pull::PullSettings {
                 max_attempts: hookrelay_queue::retry::max_attempts(&settings.retry_schedule),
-                ..Default::default()
+                ..hookrelay_ingest::pull::PullSettings::with_concurrency(config.pull_concurrency)
             },
             stopped,
         ));

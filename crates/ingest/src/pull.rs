@@ -3,13 +3,19 @@
 //! Each page's packets and the token that follows them commit in one transaction, so a restart
 //! resumes exactly after the last stored page. Pacing follows Hubble: at most 3 requests/s per
 //! stream, `Retry-After` on an empty stream and on 429, exponential back-off on errors.
+//!
+//! Sources are polled concurrently, a bounded number per process, and organizations take turns
+//! (see [`sources::claim_pull`]): one organization's slow or hanging Hubble endpoints hold at
+//! most `per_org_cap` slots, each for at most `request_timeout`, and never delay another's.
 
 use chrono::Utc;
 use hookrelay_storage::SecretBox;
 use hookrelay_storage::sources::{self, PacketRow, PullJob};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
 use tracing::Instrument;
 
 use crate::IngestError;
@@ -29,6 +35,25 @@ pub struct PullSettings {
     pub max_wait: Duration,
     /// Largest page body accepted.
     pub max_page_bytes: usize,
+    /// Polls in flight at once in this process.
+    pub concurrency: usize,
+    /// Polls of one organization in flight at once (counted over every process's leases).
+    pub per_org_cap: u32,
+    /// Deadline of one request, body included; well under `lease`, so a hanging endpoint
+    /// frees its slot long before its lease could be taken over.
+    pub request_timeout: Duration,
+}
+
+impl PullSettings {
+    /// `concurrency` slots, of which one organization may hold a quarter (at least one).
+    pub fn with_concurrency(concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        Self {
+            concurrency,
+            per_org_cap: u32::try_from(concurrency / 4).unwrap_or(u32::MAX).max(1),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for PullSettings {
@@ -40,12 +65,19 @@ impl Default for PullSettings {
             idle_wait: Duration::from_secs(5),
             max_wait: Duration::from_secs(300),
             max_page_bytes: 32 * 1024 * 1024,
+            concurrency: 16,
+            per_org_cap: 4,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Polls due pulls until `stopped`. `client` must be the delivery client (no redirects, targets
-/// checked at connect time) since the base URL is user-supplied.
+/// How long a stopping puller lets its in-flight polls finish before cutting them short.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Polls due pulls until `stopped`, up to `settings.concurrency` at once. `client` must be the
+/// delivery client (no redirects, no proxy, targets checked at connect time) since the base URL
+/// is user-supplied.
 pub async fn run(
     pool: PgPool,
     secrets: SecretBox,
@@ -53,31 +85,88 @@ pub async fn run(
     settings: PullSettings,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let mut polls = JoinSet::new();
+    // The job of every poll still running, so one cut short at shutdown can be handed back.
+    let mut in_flight: HashMap<tokio::task::Id, PullJob> = HashMap::new();
     loop {
-        if *stopped.borrow() {
-            return;
+        while let Some(done) = polls.try_join_next_with_id() {
+            reap(&pool, &mut in_flight, done).await;
         }
-        let wait = match sources::claim_pull(&pool, &secrets, settings.lease).await {
-            Ok(Some(job)) => {
-                let span =
-                    tracing::info_span!("hubble_pull", org_id = %job.org_id, source_id = %job.id);
-                poll_once(&pool, &client, &settings, &job)
-                    .instrument(span)
-                    .await;
-                Duration::ZERO
-            }
-            Ok(None) => Duration::from_millis(200),
-            Err(err) => {
-                tracing::warn!(error = %err, "claiming a Hubble pull failed");
-                Duration::from_secs(1)
+        if *stopped.borrow() {
+            break;
+        }
+        let wait = if polls.len() >= settings.concurrency {
+            // Every slot is busy; a finishing poll wakes the loop below sooner.
+            Duration::from_secs(1)
+        } else {
+            match sources::claim_pull(&pool, &secrets, settings.lease, settings.per_org_cap).await {
+                Ok(Some(job)) => {
+                    let span = tracing::info_span!("hubble_pull", org_id = %job.org_id, source_id = %job.id);
+                    let (pool, client, settings, poll_job) =
+                        (pool.clone(), client.clone(), settings.clone(), job.clone());
+                    let handle = polls.spawn(
+                        async move { poll_once(&pool, &client, &settings, &poll_job).await }
+                            .instrument(span),
+                    );
+                    in_flight.insert(handle.id(), job);
+                    continue;
+                }
+                Ok(None) => Duration::from_millis(200),
+                Err(err) => {
+                    tracing::warn!(error = %err, "claiming a Hubble pull failed");
+                    Duration::from_secs(1)
+                }
             }
         };
-        if wait.is_zero() {
-            continue;
-        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stopped.changed() => {}
+            Some(done) = polls.join_next_with_id(), if !polls.is_empty() => {
+                reap(&pool, &mut in_flight, done).await;
+            }
+            changed = stopped.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // Stopping: polls that finish soon keep their result; the rest are cut short and handed
+    // back rather than left leased until their lease runs out.
+    let grace = tokio::time::sleep(STOP_GRACE);
+    tokio::pin!(grace);
+    while !polls.is_empty() {
+        tokio::select! {
+            Some(done) = polls.join_next_with_id() => reap(&pool, &mut in_flight, done).await,
+            _ = &mut grace => break,
+        }
+    }
+    polls.shutdown().await;
+    for job in in_flight.values() {
+        if let Err(err) = sources::release_pull(&pool, job).await {
+            tracing::warn!(error = %err, source_id = %job.id, "handing back a Hubble pull failed");
+        }
+    }
+}
+
+/// Forgets a finished poll; one that panicked is handed back so it is not stuck until its lease
+/// expires.
+async fn reap(
+    pool: &PgPool,
+    in_flight: &mut HashMap<tokio::task::Id, PullJob>,
+    done: Result<(tokio::task::Id, ()), JoinError>,
+) {
+    match done {
+        Ok((id, ())) => {
+            in_flight.remove(&id);
+        }
+        Err(err) => {
+            let job = in_flight.remove(&err.id());
+            tracing::error!(error = %err, "a Hubble poll panicked");
+            if let Some(job) = job
+                && let Err(err) = sources::release_pull(pool, &job).await
+            {
+                tracing::warn!(error = %err, "handing back a Hubble pull failed");
+            }
         }
     }
 }
@@ -131,7 +220,10 @@ async fn fetch_and_store(
         job.pull_base_url.trim_end_matches('/'),
         job.pull_hubble_org_id
     );
-    let mut request = client.get(&url).bearer_auth(&job.pull_api_token);
+    let mut request = client
+        .get(&url)
+        .timeout(settings.request_timeout)
+        .bearer_auth(&job.pull_api_token);
     if let Some(token) = job.pull_continuation_token.as_deref() {
         request = request.header("Continuation-Token", token);
     }

@@ -36,9 +36,13 @@ impl Resolve for CheckedResolver {
     }
 }
 
-/// The HTTP client every attempt uses: pooled connections, no redirects, the delivery timeout.
+/// The HTTP client every attempt (and every Hubble pull) uses: pooled connections, no
+/// redirects, the delivery timeout. Never a proxy from the environment (`HTTPS_PROXY`,
+/// `HTTP_PROXY`, `ALL_PROXY`): a proxy resolves names itself, so [`CheckedResolver`] would never
+/// run and any name pointed at an internal address would be reached through it.
 pub fn client(timeout: Duration, allow_private: bool) -> reqwest::Client {
     reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -163,7 +167,7 @@ pub async fn attempt(
         && let Some(ip) = literal_ip(&url)
         && let Some(reason) = forbidden_reason(ip)
     {
-        return Outcome::failed(format!("refused: {ip} is {reason}"), started);
+        return Outcome::failed(format!("refused: the host is {reason}"), started);
     }
     let signed = SignatureHeaders::sign(
         &request.secrets.iter().collect::<Vec<_>>(),

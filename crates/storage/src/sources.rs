@@ -349,24 +349,37 @@ pub struct PullJob {
     pub pull_failures: i32,
 }
 
-/// Leases the most overdue pull, if any, for `lease`; its API token is opened.
+/// Leases one due pull, if any, for `lease`; its API token is opened. Organizations take turns:
+/// the due source whose organization has the fewest pulls leased right now (by any process)
+/// wins, the most overdue first among equals, and an organization already holding
+/// `per_org_cap` leases gets nothing more, so one tenant's slow or hanging Hubble endpoints
+/// cannot fill every poll slot. Concurrent claimers may both see the same count and overshoot
+/// the cap by one each; it is a fairness bound, not a lock.
 pub async fn claim_pull(
     db: impl PgExecutor<'_>,
     secrets: &SecretBox,
     lease: std::time::Duration,
+    per_org_cap: u32,
 ) -> crate::Result<Option<PullJob>> {
     let job: Option<PullJob> = sqlx::query_as(
-        "UPDATE sources s SET pull_lease_expires_at = now() + make_interval(secs => $1)
-          WHERE s.id = (SELECT id FROM sources
-                         WHERE pull_base_url IS NOT NULL AND deleted_at IS NULL
-                           AND pull_next_at <= now()
-                           AND (pull_lease_expires_at IS NULL OR pull_lease_expires_at < now())
-                         ORDER BY pull_next_at LIMIT 1
-                         FOR UPDATE SKIP LOCKED)
+        "WITH busy AS (
+             SELECT org_id, count(*) AS leased FROM sources
+              WHERE pull_base_url IS NOT NULL AND deleted_at IS NULL
+                AND pull_lease_expires_at >= now()
+              GROUP BY org_id)
+         UPDATE sources s SET pull_lease_expires_at = now() + make_interval(secs => $1)
+          WHERE s.id = (SELECT c.id FROM sources c LEFT JOIN busy b ON b.org_id = c.org_id
+                         WHERE c.pull_base_url IS NOT NULL AND c.deleted_at IS NULL
+                           AND c.pull_next_at <= now()
+                           AND (c.pull_lease_expires_at IS NULL OR c.pull_lease_expires_at < now())
+                           AND COALESCE(b.leased, 0) < $2
+                         ORDER BY COALESCE(b.leased, 0), c.pull_next_at LIMIT 1
+                         FOR UPDATE OF c SKIP LOCKED)
       RETURNING s.org_id, s.id, s.pull_base_url, s.pull_hubble_org_id, s.pull_api_token,
                 s.pull_continuation_token, s.pull_failures",
     )
     .bind(lease.as_secs_f64())
+    .bind(i64::from(per_org_cap))
     .fetch_optional(db)
     .await?;
     job.map(|mut job| {
@@ -398,6 +411,20 @@ pub async fn finish_pull(
     .bind(token)
     .bind(next_at)
     .bind(error)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Hands a leased pull back unpolled (its poll was cut short by a shutdown), so another worker
+/// may take it at once instead of after the lease.
+pub async fn release_pull(db: impl PgExecutor<'_>, job: &PullJob) -> crate::Result<()> {
+    sqlx::query(
+        "UPDATE sources SET pull_lease_expires_at = NULL
+          WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL",
+    )
+    .bind(job.org_id)
+    .bind(job.id)
     .execute(db)
     .await?;
     Ok(())
