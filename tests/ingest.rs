@@ -482,6 +482,13 @@ mod fake_hubble {
     pub struct State {
         pub requests: Vec<(Instant, Option<String>, String)>,
         pub throttled_once: bool,
+        /// Requests to any other path (answered 404).
+        pub misses: usize,
+    }
+
+    async fn miss(state: web::Data<Arc<Mutex<State>>>) -> HttpResponse {
+        state.lock().unwrap().misses += 1;
+        HttpResponse::NotFound().finish()
     }
 
     async fn packets(
@@ -535,15 +542,22 @@ mod fake_hubble {
         resp.json(serde_json::json!({ "packets": packets }))
     }
 
+    /// Serves the packets API under `prefix` only (`/v1` as Hubble's reference API, or `/api`
+    /// as the seeds have it); the other path answers 404.
     pub fn start(
         listener: std::net::TcpListener,
         state: Arc<Mutex<State>>,
+        prefix: &'static str,
     ) -> actix_web::dev::ServerHandle {
         let data = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
-                .route("/api/org/{org_id}/packets", web::get().to(packets))
+                .route(
+                    &format!("{prefix}/org/{{org_id}}/packets"),
+                    web::get().to(packets),
+                )
+                .default_service(web::to(miss))
         })
         .listen(listener)
         .unwrap()
@@ -562,7 +576,7 @@ async fn hubble_pull_pages_with_continuation_tokens_survives_429_and_a_restart_m
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let state = Arc::new(Mutex::new(fake_hubble::State::default()));
-    let hubble = fake_hubble::start(listener, state.clone());
+    let hubble = fake_hubble::start(listener, state.clone(), "/api");
 
     let app = TestApp::spawn().await;
     let org = app.create_org("pulling").await;
@@ -599,7 +613,7 @@ async fn hubble_pull_pages_with_continuation_tokens_survives_429_and_a_restart_m
         .map(str::to_owned);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let listener = std::net::TcpListener::bind(addr).unwrap();
-    let hubble = fake_hubble::start(listener, state.clone());
+    let hubble = fake_hubble::start(listener, state.clone(), "/api");
 
     let all = rx.wait_for(250, Duration::from_secs(20)).await;
     assert_eq!(all.len(), 250);
@@ -646,6 +660,13 @@ async fn hubble_pull_pages_with_continuation_tokens_survives_429_and_a_restart_m
     )
     .await;
     assert_eq!(shown["pull"]["continuation_token"], "p3", "{shown}");
+    // This Hubble serves only the seeds' path: `/v1/…` answered 404 once, and the path that
+    // worked was remembered (across the restart too).
+    assert_eq!(
+        shown["pull"]["packets_path"], "/api/org/{org_id}/packets",
+        "{shown}"
+    );
+    assert_eq!(state.lock().unwrap().misses, 1);
     hubble.stop(false).await;
     app.stop().await;
 }
@@ -693,7 +714,8 @@ mod steady_hubble {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
-                .route("/api/org/{org_id}/packets", web::get().to(packets))
+                // Hubble's reference path only: no fallback request is ever needed.
+                .route("/v1/org/{org_id}/packets", web::get().to(packets))
         })
         .listen(listener)
         .unwrap()
@@ -739,7 +761,7 @@ async fn hanging_pull_sources_of_one_organization_do_not_slow_another_organizati
     app.create_webhook(&org_b, json!({"url": rx.url, "events": ["hubble.packet"]}))
         .await;
     let created = Instant::now();
-    create_source(
+    let steady_source = create_source(
         &app,
         &org_b,
         json!({"kind": "hubble", "name": "steady",
@@ -790,6 +812,18 @@ async fn hanging_pull_sources_of_one_organization_do_not_slow_another_organizati
         })
         .collect();
     assert_eq!(unique.len(), delivered.len(), "every packet once");
+    let (_, shown) = status_json(
+        app.req(
+            Method::GET,
+            &format!("/api/v1/sources/{}", steady_source["id"].as_str().unwrap()),
+            &org_b.token,
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(shown["pull"]["packets_path"], "/v1/org/{org_id}/packets");
     steady.stop(false).await;
     app.stop().await;
 }

@@ -1,5 +1,7 @@
 //! Hubble pull: for sources that carry a Hubble API base URL, org id and token, stream
-//! `GET {base}/api/org/{org_id}/packets` page by page with the `Continuation-Token` header.
+//! `GET {base}/v1/org/{org_id}/packets` (the reference OpenAPI's path; on 404 the seeds'
+//! `/api/org/{org_id}/packets`, and whichever answered is remembered for the source) page by
+//! page with the `Continuation-Token` header.
 //! Each page's packets and the token that follows them commit in one transaction, so a restart
 //! resumes exactly after the last stored page. Pacing follows Hubble: at most 3 requests/s per
 //! stream, `Retry-After` on an empty stream and on 429, exponential back-off on errors.
@@ -215,19 +217,37 @@ async fn fetch_and_store(
     settings: &PullSettings,
     job: &PullJob,
 ) -> Result<Duration, IngestError> {
-    let url = format!(
-        "{}/api/org/{}/packets",
-        job.pull_base_url.trim_end_matches('/'),
-        job.pull_hubble_org_id
-    );
-    let mut request = client
-        .get(&url)
-        .timeout(settings.request_timeout)
-        .bearer_auth(&job.pull_api_token);
-    if let Some(token) = job.pull_continuation_token.as_deref() {
-        request = request.header("Continuation-Token", token);
+    // The reference OpenAPI's path first, the seeds' on 404; the one that answers is kept.
+    let tried: &[&str] = match job.pull_path.as_deref() {
+        Some("api") => &["api"],
+        Some(_) => &["v1"],
+        None => &["v1", "api"],
+    };
+    let base = job.pull_base_url.trim_end_matches('/');
+    let mut answered = None;
+    for (i, path) in tried.iter().enumerate() {
+        let url = format!("{base}/{path}/org/{}/packets", job.pull_hubble_org_id);
+        let mut request = client
+            .get(&url)
+            .timeout(settings.request_timeout)
+            .bearer_auth(&job.pull_api_token);
+        if let Some(token) = job.pull_continuation_token.as_deref() {
+            request = request.header("Continuation-Token", token);
+        }
+        let resp = request.send().await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND && i + 1 < tried.len() {
+            continue;
+        }
+        answered = Some((*path, resp));
+        break;
     }
-    let mut resp = request.send().await?;
+    let (path, mut resp) = answered.expect("at least one path is tried");
+    let job = &PullJob {
+        pull_path: (resp.status().is_success() || resp.status().as_u16() == 429)
+            .then(|| path.to_owned())
+            .or_else(|| job.pull_path.clone()),
+        ..job.clone()
+    };
     let status = resp.status();
     let retry_after = header_seconds(&resp, settings.max_wait);
     if status.as_u16() == 429 {

@@ -27,6 +27,8 @@ pub struct Source {
     pub pull_failures: i32,
     pub pull_last_error: Option<String>,
     pub pull_last_polled_at: Option<DateTime<Utc>>,
+    /// `v1` or `api`: the packets path that answered (see [`PullJob::pull_path`]).
+    pub pull_path: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -44,7 +46,7 @@ macro_rules! columns {
     () => {
         "id, org_id, kind, name, event_type, ip_allowlist::text[] AS ip_allowlist, pull_base_url,
          pull_hubble_org_id, pull_continuation_token, pull_next_at, pull_failures, pull_last_error,
-         pull_last_polled_at, created_at, updated_at"
+         pull_last_polled_at, pull_path, created_at, updated_at"
     };
 }
 
@@ -183,7 +185,8 @@ pub async fn update(
              pull_continuation_token = CASE WHEN $7 THEN NULL ELSE pull_continuation_token END,
              pull_next_at = CASE WHEN $7 THEN CASE WHEN $8 IS NOT NULL THEN now() END ELSE pull_next_at END,
              pull_failures = CASE WHEN $7 THEN 0 ELSE pull_failures END,
-             pull_last_error = CASE WHEN $7 THEN NULL ELSE pull_last_error END
+             pull_last_error = CASE WHEN $7 THEN NULL ELSE pull_last_error END,
+             pull_path = CASE WHEN $7 THEN NULL ELSE pull_path END
           WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL
       RETURNING ",
         columns!()
@@ -347,6 +350,9 @@ pub struct PullJob {
     pub pull_api_token: String,
     pub pull_continuation_token: Option<String>,
     pub pull_failures: i32,
+    /// The packets path that answered before: `v1` (`/v1/org/{org_id}/packets`, the reference
+    /// OpenAPI's) or `api` (`/api/org/{org_id}/packets`, the seeds'); `None` until one did.
+    pub pull_path: Option<String>,
 }
 
 /// Leases one due pull, if any, for `lease`; its API token is opened. Organizations take turns:
@@ -376,7 +382,7 @@ pub async fn claim_pull(
                          ORDER BY COALESCE(b.leased, 0), c.pull_next_at LIMIT 1
                          FOR UPDATE OF c SKIP LOCKED)
       RETURNING s.org_id, s.id, s.pull_base_url, s.pull_hubble_org_id, s.pull_api_token,
-                s.pull_continuation_token, s.pull_failures",
+                s.pull_continuation_token, s.pull_failures, s.pull_path",
     )
     .bind(lease.as_secs_f64())
     .bind(i64::from(per_org_cap))
@@ -403,7 +409,7 @@ pub async fn finish_pull(
              pull_continuation_token = COALESCE($3, pull_continuation_token),
              pull_next_at = $4, pull_lease_expires_at = NULL, pull_last_polled_at = now(),
              pull_failures = CASE WHEN $5::text IS NULL THEN 0 ELSE pull_failures + 1 END,
-             pull_last_error = $5
+             pull_last_error = $5, pull_path = COALESCE($6, pull_path)
           WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL",
     )
     .bind(job.org_id)
@@ -411,6 +417,7 @@ pub async fn finish_pull(
     .bind(token)
     .bind(next_at)
     .bind(error)
+    .bind(job.pull_path.as_deref())
     .execute(db)
     .await?;
     Ok(())

@@ -48,6 +48,10 @@ pub struct PullOut {
     pub last_polled_at: Option<DateTime<Utc>>,
     pub consecutive_failures: i32,
     pub last_error: Option<String>,
+    /// The packets path that answered, remembered for the source: `/v1/org/{org_id}/packets`
+    /// (Hubble's reference API, tried first) or `/api/org/{org_id}/packets` (tried on 404);
+    /// null until a poll succeeded.
+    pub packets_path: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,6 +107,7 @@ fn out(state: &ApiState, s: sources::Source) -> SourceOut {
             last_polled_at: s.pull_last_polled_at,
             consecutive_failures: s.pull_failures,
             last_error: s.pull_last_error,
+            packets_path: s.pull_path.map(|p| format!("/{p}/org/{{org_id}}/packets")),
         }),
         token: None,
         secret: None,
