@@ -78,6 +78,8 @@ pub struct ApiState {
     /// For the test send, which makes its attempt in the API process.
     pub worker: hookrelay_queue::WorkerSettings,
     pub http_client: reqwest::Client,
+    /// Admits large Hubble bodies a few at a time.
+    pub large_ingests: routes::ingest::LargeIngests,
 }
 
 impl ApiState {
@@ -116,6 +118,7 @@ impl ApiState {
             max_attempts,
             worker,
             http_client,
+            large_ingests: Default::default(),
         }
     }
 }
