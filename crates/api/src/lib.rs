@@ -40,6 +40,10 @@ pub struct ApiSettings {
     /// then get 503 (see [`admission`]).
     pub max_in_flight: usize,
     pub admission_wait: std::time::Duration,
+    /// Per-organization caps (409 past them).
+    pub max_webhooks_per_org: u32,
+    pub max_sources_per_org: u32,
+    pub max_api_keys_per_org: u32,
 }
 
 impl Default for ApiSettings {
@@ -54,6 +58,9 @@ impl Default for ApiSettings {
             public_url: "http://127.0.0.1:8080".into(),
             max_in_flight: 40,
             admission_wait: std::time::Duration::from_millis(500),
+            max_webhooks_per_org: 1000,
+            max_sources_per_org: 100,
+            max_api_keys_per_org: 100,
         }
     }
 }
