@@ -171,7 +171,8 @@ async fn organizations_have_capped_webhooks_sources_and_keys_that_others_do_not_
     let source = |n: usize| json!({"kind": "hubble", "name": format!("s{n}")});
     let key = |n: usize| json!({"name": format!("k{n}")});
     // (path, a body per create, the cap, rows the organization starts with, the variable)
-    let kinds: [(&str, &dyn Fn(usize) -> Value, usize, usize, &str); 3] = [
+    type Kind<'a> = (&'a str, &'a dyn Fn(usize) -> Value, usize, usize, &'a str);
+    let kinds: [Kind; 3] = [
         (
             "/api/v1/webhooks",
             &webhook,
