@@ -33,7 +33,7 @@ pub const MAX_LARGE_INGESTS_PER_ORG: usize = 2;
 /// How long a large body waits for a permit before it is answered 503 with Retry-After.
 const LARGE_INGEST_WAIT: Duration = Duration::from_secs(2);
 
-/// Bounds the memory of large Hubble ingests: each costs about three times its body while it is
+/// Bounds the memory of large Hubble ingests: each costs up to three times its body while it is
 /// read, parsed and written, so only [`MAX_LARGE_INGESTS`] run at once, and one organization
 /// may hold at most [`MAX_LARGE_INGESTS_PER_ORG`] of them, so it can never take them all.
 pub struct LargeIngests {
@@ -257,7 +257,8 @@ pub async fn hubble_push(
     .await?;
     tx.commit().await.map_err(StorageError::from)?;
     if large {
-        // The connection's write buffer grew to the batch's size; pooled, it would keep that.
+        // The connection's buffers grew to a statement's size (about 1 MiB); pooled, the
+        // connection would keep them.
         sqlx::Connection::shrink_buffers(&mut *conn);
     }
     drop(conn);
