@@ -566,6 +566,21 @@ async fn webhook_validation_names_every_problem() {
             "filter.device/id",
         ),
         (
+            json!({"url": "https://example.com/h", "events": ["*"],
+                   "filter": (0..21).map(|i| (format!("/k{i}"), json!(i))).collect::<serde_json::Map<_, _>>()}),
+            "filter",
+        ),
+        (
+            json!({"url": "https://example.com/h", "events": ["*"],
+                   "filter": {"/device/id": (0..1001).collect::<Vec<_>>()}}),
+            "filter./device/id",
+        ),
+        (
+            json!({"url": "https://example.com/h", "events": ["*"],
+                   "filter": {"/device/name": "x".repeat(8 * 1024)}}),
+            "filter",
+        ),
+        (
             json!({"url": "https://example.com/h", "events": ["*"], "headers": {"webhook-signature": "x"}}),
             "headers.webhook-signature",
         ),

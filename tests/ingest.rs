@@ -827,3 +827,233 @@ async fn hanging_pull_sources_of_one_organization_do_not_slow_another_organizati
     steady.stop(false).await;
     app.stop().await;
 }
+
+/// A `hookrelay api` child process on `db`, listening on a free port; its base URL.
+async fn api_process(db: &hookrelay_tests::TestDb) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(hookrelay_tests::hookrelay_bin())
+        .arg("api")
+        .envs(hookrelay_tests::test_env(db))
+        .env("HOOKRELAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start hookrelay api");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{base}/readyz"))
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "hookrelay api did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, base)
+}
+
+/// (VmRSS, VmHWM) of `pid` in KiB.
+fn rss_and_peak_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A valid Hubble batch of 1,000 packets just under the 16 MiB ingest limit: each packet carries
+/// a ~12 KiB payload (distinct bytes, so nothing is shared or deduplicated).
+fn sixteen_mib_batch(device: usize) -> Vec<u8> {
+    use base64::Engine;
+    use std::io::Write;
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ device as u64;
+    let mut body = Vec::with_capacity(16 << 20);
+    body.extend_from_slice(b"{\"packets\":[");
+    for seq in 0..1000 {
+        let raw: Vec<u8> = (0..11_900)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let mut packet = packet(device, seq);
+        packet["device"]["payload"] = json!(base64::engine::general_purpose::STANDARD.encode(&raw));
+        if seq > 0 {
+            body.push(b',');
+        }
+        write!(body, "{packet}").unwrap();
+    }
+    body.extend_from_slice(b"]}");
+    assert!(
+        body.len() > 15 << 20 && body.len() < 16 << 20,
+        "{}",
+        body.len()
+    );
+    body
+}
+
+/// An organization with a Hubble source on the API at `base`: (org token, ingest URL, Hubble token).
+async fn hubble_tenant(http: &reqwest::Client, base: &str, name: &str) -> (String, String, String) {
+    let (_, org) = status_json(
+        http.post(format!("{base}/api/v1/admin/organizations"))
+            .bearer_auth(hookrelay_tests::ADMIN_TOKEN)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let token = org["api_key"]["token"].as_str().unwrap().to_owned();
+    let (status, source) = status_json(
+        http.post(format!("{base}/api/v1/sources"))
+            .bearer_auth(&token)
+            .json(&json!({"kind": "hubble", "name": "h"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{source}");
+    // One subscriber, so every packet fans out as in production.
+    let (status, _) = status_json(
+        http.post(format!("{base}/api/v1/webhooks"))
+            .bearer_auth(&token)
+            .json(&json!({"url": "http://127.0.0.1:9/h", "events": ["*"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let url = format!("{base}/ingest/hubble/{}", source["id"].as_str().unwrap());
+    (token, url, source["token"].as_str().unwrap().to_owned())
+}
+
+async fn push_bytes(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    http.post(url)
+        .header("HTTP-X-HUBBLE-TOKEN", token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_hubble_batches_cost_at_most_three_times_their_size_and_are_admitted_a_few_at_a_time()
+{
+    use hookrelay_api::routes::ingest::MAX_LARGE_INGESTS_PER_ORG;
+    let db = hookrelay_tests::TestDb::new().await;
+    let (mut child, base) = api_process(&db).await;
+    let pid = child.id().expect("child pid");
+    let http = reqwest::Client::new();
+    let (_, url, token) = hubble_tenant(&http, &base, "fleet").await;
+    let (_, other_url, other_token) = hubble_tenant(&http, &base, "other").await;
+    // Warm up every lazy part (pool connections, statement caches) with a small batch.
+    let small = serde_json::to_vec(&json!({"packets": [packet(1, 1)]})).unwrap();
+    let (status, answer) = status_json(push_bytes(&http, &url, &token, small).await).await;
+    assert_eq!(status, 200, "{answer}");
+
+    // 1. One 16 MiB batch.
+    let body = sixteen_mib_batch(2);
+    let size = body.len() as u64 / 1024;
+    // Writing 5 to clear_refs resets VmHWM to the current RSS (Linux ≥ 4.0).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    let (before, _) = rss_and_peak_kib(pid);
+    let (status, answer) = status_json(push_bytes(&http, &url, &token, body).await).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 1000);
+    let (_, peak) = rss_and_peak_kib(pid);
+    let increase = peak.saturating_sub(before);
+    eprintln!(
+        "one 16 MiB Hubble batch ({size} KiB): RSS {} MiB before, peak +{} MiB ({:.1}× the body)",
+        before / 1024,
+        increase / 1024,
+        increase as f64 / size as f64
+    );
+    // Three copies of the body at most, plus 8 MiB for what does not grow with it: the HTTP
+    // connection's buffers, the database statements' buffers (the data goes in 1 MiB pieces)
+    // and the allocator's slack.
+    let allowance = 8 * 1024;
+    assert!(
+        increase <= 3 * size + allowance,
+        "a {size} KiB batch raised peak RSS by {increase} KiB ({:.1}×)",
+        increase as f64 / size as f64
+    );
+
+    // 2. Eight at once from one organization and one from another: the first is held to its
+    // share of the large-body slots, the second is not kept waiting by it.
+    let bodies: Vec<Vec<u8>> = (10..19).map(sixteen_mib_batch).collect();
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    let (before, _) = rss_and_peak_kib(pid);
+    let mut sends = tokio::task::JoinSet::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let (http, url, token) = if i == 8 {
+            (http.clone(), other_url.clone(), other_token.clone())
+        } else {
+            (http.clone(), url.clone(), token.clone())
+        };
+        sends.spawn(async move {
+            let resp = push_bytes(&http, &url, &token, body).await;
+            let retry_after = resp.headers().contains_key("retry-after");
+            let (status, answer) = status_json(resp).await;
+            (i, status, retry_after, answer)
+        });
+    }
+    let mut accepted = 0;
+    let mut statuses = Vec::new();
+    while let Some(sent) = sends.join_next().await {
+        let (i, status, retry_after, answer) = sent.unwrap();
+        statuses.push(status);
+        match status {
+            200 => accepted += answer["accepted"].as_i64().unwrap(),
+            503 => assert!(retry_after, "a 503 says when to retry: {answer}"),
+            _ => panic!("batch {i}: {status} {answer}"),
+        }
+        if i == 8 {
+            assert_eq!(
+                status, 200,
+                "the other organization waited for the first: {answer}"
+            );
+        }
+    }
+    let (_, peak) = rss_and_peak_kib(pid);
+    let increase = peak.saturating_sub(before);
+    let at_once = MAX_LARGE_INGESTS_PER_ORG as u64 + 1;
+    eprintln!(
+        "9 concurrent 16 MiB batches: {statuses:?}, peak +{} MiB ({:.1}× one body)",
+        increase / 1024,
+        increase as f64 / size as f64
+    );
+    assert!(
+        increase <= at_once * (3 * size) + allowance,
+        "{at_once} batches at once at most: peak RSS +{increase} KiB ({:.1}× one body)",
+        increase as f64 / size as f64
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        1 + 1000 + accepted,
+        "a refused batch stores nothing"
+    );
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}

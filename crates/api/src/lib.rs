@@ -42,6 +42,10 @@ pub struct ApiSettings {
     pub admission_wait: std::time::Duration,
     /// Longest time a request body may take to arrive (408 after).
     pub body_timeout: std::time::Duration,
+    /// Per-organization caps (409 past them).
+    pub max_webhooks_per_org: u32,
+    pub max_sources_per_org: u32,
+    pub max_api_keys_per_org: u32,
 }
 
 impl Default for ApiSettings {
@@ -57,6 +61,9 @@ impl Default for ApiSettings {
             max_in_flight: 40,
             admission_wait: std::time::Duration::from_millis(500),
             body_timeout: std::time::Duration::from_secs(10),
+            max_webhooks_per_org: 1000,
+            max_sources_per_org: 100,
+            max_api_keys_per_org: 100,
         }
     }
 }
@@ -81,6 +88,8 @@ pub struct ApiState {
     /// For the test send, which makes its attempt in the API process.
     pub worker: hookrelay_queue::WorkerSettings,
     pub http_client: reqwest::Client,
+    /// Admits large Hubble bodies a few at a time.
+    pub large_ingests: routes::ingest::LargeIngests,
 }
 
 impl ApiState {
@@ -119,6 +128,7 @@ impl ApiState {
             max_attempts,
             worker,
             http_client,
+            large_ingests: Default::default(),
         }
     }
 }

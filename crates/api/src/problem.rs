@@ -71,8 +71,15 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// A per-organization cap (webhooks, sources, API keys) is reached.
+    #[error("{0}")]
+    LimitReached(String),
     #[error("the database is unavailable; retry shortly")]
     Unavailable,
+    #[error(
+        "a database statement took longer than HOOKRELAY_STATEMENT_TIMEOUT allows and was cancelled; retry shortly"
+    )]
+    StatementTimeout,
     #[error("the service is at capacity; retry shortly")]
     Overloaded,
     #[error("internal error")]
@@ -112,7 +119,9 @@ impl ApiError {
             Self::RequestTimeout(_) => ("request-timeout", "Request timeout"),
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::RateLimited { .. } => ("rate-limited", "Too many requests"),
+            Self::LimitReached(_) => ("limit-reached", "Limit reached"),
             Self::Unavailable => ("unavailable", "Service unavailable"),
+            Self::StatementTimeout => ("statement-timeout", "Service unavailable"),
             Self::Overloaded => ("overloaded", "Service overloaded"),
             Self::Internal(_) => ("internal", "Internal server error"),
         }
@@ -153,6 +162,22 @@ impl From<StorageError> for ApiError {
             StorageError::Conflict { constraint } => Self::Conflict(format!(
                 "conflicts with an existing resource ({constraint})"
             )),
+            StorageError::LimitReached { what, limit } => {
+                use hookrelay_storage::limits::Counted;
+                let (variable, way_out) = match what {
+                    Counted::Webhooks => ("HOOKRELAY_MAX_WEBHOOKS_PER_ORG", "delete one"),
+                    Counted::Sources => ("HOOKRELAY_MAX_SOURCES_PER_ORG", "delete one"),
+                    Counted::ApiKeys => ("HOOKRELAY_MAX_API_KEYS_PER_ORG", "revoke one"),
+                };
+                Self::LimitReached(format!(
+                    "this organization already has {limit} {}, the most allowed ({variable}); {way_out} first",
+                    what.name()
+                ))
+            }
+            StorageError::Timeout(err) => {
+                tracing::warn!(error = %err, "a statement ran past statement_timeout");
+                Self::StatementTimeout
+            }
             StorageError::Invalid { constraint } => Self::Unprocessable {
                 detail: format!("the request violates {constraint}"),
                 errors: Vec::new(),
@@ -180,7 +205,10 @@ impl ResponseError for ApiError {
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LimitReached(_) => StatusCode::CONFLICT,
+            Self::Unavailable | Self::Overloaded | Self::StatementTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -209,7 +237,7 @@ impl ResponseError for ApiError {
             Self::RateLimited { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
-            Self::Unavailable | Self::Overloaded => {
+            Self::Unavailable | Self::Overloaded | Self::StatementTimeout => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::MethodNotAllowed(allow) => {

@@ -11,7 +11,10 @@ use crate::problem::FieldError;
 
 pub const MAX_URL_LEN: usize = 2048;
 const MAX_HEADERS: usize = 20;
-const MAX_FILTERS: usize = 20;
+pub const MAX_FILTERS: usize = 20;
+/// A filter is matched against every event of its organization: its size bounds that cost.
+pub const MAX_FILTER_BYTES: usize = 8 * 1024;
+pub const MAX_FILTER_LIST: usize = 1000;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 const MAX_EVENTS: usize = 100;
 
@@ -155,12 +158,21 @@ fn is_json_pointer(p: &str) -> bool {
     true
 }
 
-/// `{"/json/pointer": value | [values]}`: every pointer must be valid.
+/// `{"/json/pointer": value | [values]}`: every pointer must be valid; at most
+/// [`MAX_FILTERS`] conditions, [`MAX_FILTER_LIST`] values in a list and [`MAX_FILTER_BYTES`] of
+/// JSON in all.
 pub fn filter(filter: &Map<String, Value>) -> Result<Value, FieldError> {
     if filter.len() > MAX_FILTERS {
         return Err(FieldError::new(
             "filter",
             format!("at most {MAX_FILTERS} conditions"),
+        ));
+    }
+    let value = Value::Object(filter.clone());
+    if value.to_string().len() > MAX_FILTER_BYTES {
+        return Err(FieldError::new(
+            "filter",
+            format!("at most {MAX_FILTER_BYTES} bytes of JSON"),
         ));
     }
     for (pointer, expected) in filter {
@@ -176,8 +188,14 @@ pub fn filter(filter: &Map<String, Value>) -> Result<Value, FieldError> {
                 "a list of values must not be empty",
             ));
         }
+        if matches!(expected, Value::Array(values) if values.len() > MAX_FILTER_LIST) {
+            return Err(FieldError::new(
+                format!("filter.{pointer}"),
+                format!("a list holds at most {MAX_FILTER_LIST} values"),
+            ));
+        }
     }
-    Ok(Value::Object(filter.clone()))
+    Ok(value)
 }
 
 pub fn metadata(metadata: &Map<String, Value>) -> Result<Value, FieldError> {

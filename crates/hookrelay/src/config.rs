@@ -77,7 +77,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "HOOKRELAY_DB_MAX_CONNECTIONS",
         "20",
-        "PostgreSQL connections per process",
+        "PostgreSQL connections per pool (serve: one pool for the API, one for the workers)",
     ),
     (
         "HOOKRELAY_WORKER_CONCURRENCY",
@@ -103,6 +103,26 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "HOOKRELAY_PULL_CONCURRENCY",
         "16",
         "Hubble pulls in flight at once per process; one organization gets at most a quarter (at least 1)",
+    ),
+    (
+        "HOOKRELAY_STATEMENT_TIMEOUT",
+        "10s",
+        "longest database statement of an API request; past it the request gets 503 (0s = no limit)",
+    ),
+    (
+        "HOOKRELAY_MAX_WEBHOOKS_PER_ORG",
+        "1000",
+        "webhooks one organization may have (409 above)",
+    ),
+    (
+        "HOOKRELAY_MAX_SOURCES_PER_ORG",
+        "100",
+        "sources one organization may have (409 above)",
+    ),
+    (
+        "HOOKRELAY_MAX_API_KEYS_PER_ORG",
+        "100",
+        "live (unrevoked, unexpired) API keys one organization may have (409 above)",
     ),
 ];
 
@@ -149,6 +169,11 @@ pub struct Config {
     pub endpoint_concurrency: u32,
     pub pull_concurrency: usize,
     pub public_url: Option<String>,
+    /// `None`: no limit.
+    pub statement_timeout: Option<Duration>,
+    pub max_webhooks_per_org: u32,
+    pub max_sources_per_org: u32,
+    pub max_api_keys_per_org: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -350,6 +375,21 @@ impl Config {
                 "HOOKRELAY_PULL_CONCURRENCY",
                 parse_within::<usize>(1..=1_000),
             )?,
+            statement_timeout: r.parse("HOOKRELAY_STATEMENT_TIMEOUT", |v| {
+                parse_duration(v).map(|d| Some(d).filter(|d| !d.is_zero()))
+            })?,
+            max_webhooks_per_org: r.parse(
+                "HOOKRELAY_MAX_WEBHOOKS_PER_ORG",
+                parse_within::<u32>(1..=1_000_000),
+            )?,
+            max_sources_per_org: r.parse(
+                "HOOKRELAY_MAX_SOURCES_PER_ORG",
+                parse_within::<u32>(1..=1_000_000),
+            )?,
+            max_api_keys_per_org: r.parse(
+                "HOOKRELAY_MAX_API_KEYS_PER_ORG",
+                parse_within::<u32>(1..=1_000_000),
+            )?,
         };
         if config.delivery_timeout.is_zero() {
             return Err(ConfigError {
@@ -430,6 +470,15 @@ mod tests {
         assert_eq!(c.lease, Duration::from_secs(60));
         assert_eq!(c.org_rate_limit, 1000);
         assert_eq!(c.pull_concurrency, 16);
+        assert_eq!(c.statement_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(
+            (
+                c.max_webhooks_per_org,
+                c.max_sources_per_org,
+                c.max_api_keys_per_org
+            ),
+            (1000, 100, 100)
+        );
         assert!(!c.allow_http && !c.allow_private_targets);
         assert!(c.admin_token.is_none() && c.database_url.is_none());
     }
@@ -450,6 +499,8 @@ mod tests {
         );
         assert_eq!(c.max_body, 64 * 1024);
         assert!(c.allow_http);
+        let off = config(&[("HOOKRELAY_STATEMENT_TIMEOUT", "0s")]).unwrap();
+        assert_eq!(off.statement_timeout, None);
     }
 
     #[test]
@@ -464,6 +515,10 @@ mod tests {
             ("HOOKRELAY_DISABLE_AFTER_FAILURES", "0"),
             ("HOOKRELAY_ORG_RATE_LIMIT", "-1"),
             ("HOOKRELAY_LEASE", "10s"),
+            ("HOOKRELAY_STATEMENT_TIMEOUT", "10"),
+            ("HOOKRELAY_MAX_WEBHOOKS_PER_ORG", "0"),
+            ("HOOKRELAY_MAX_SOURCES_PER_ORG", "many"),
+            ("HOOKRELAY_MAX_API_KEYS_PER_ORG", "-1"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert_eq!(err.variable, name, "{name}={value}: {err}");

@@ -43,6 +43,8 @@ impl Roles {
 pub struct Running {
     pub api_addr: Option<SocketAddr>,
     pub pool: sqlx::PgPool,
+    /// The API's pool (the same as `pool` in an API-only process).
+    pub api_pool: Option<sqlx::PgPool>,
     server: Option<(
         actix_web::dev::ServerHandle,
         tokio::task::JoinHandle<std::io::Result<()>>,
@@ -69,6 +71,9 @@ impl Running {
         if let Some(workers) = self.workers {
             workers.shutdown().await;
         }
+        if let Some(api_pool) = self.api_pool {
+            api_pool.close().await;
+        }
         self.pool.close().await;
     }
 }
@@ -77,6 +82,15 @@ pub fn pool_options(config: &Config) -> hookrelay_storage::PoolOptions {
     hookrelay_storage::PoolOptions {
         max_connections: config.db_max_connections,
         ..Default::default()
+    }
+}
+
+/// The API's connections: every statement of a request is cut off at
+/// `HOOKRELAY_STATEMENT_TIMEOUT`. The workers' are not: their maintenance may run longer.
+pub fn api_pool_options(config: &Config) -> hookrelay_storage::PoolOptions {
+    hookrelay_storage::PoolOptions {
+        statement_timeout: config.statement_timeout,
+        ..pool_options(config)
     }
 }
 
@@ -95,6 +109,9 @@ pub fn api_settings(config: &Config) -> ApiSettings {
         // Twice the pool: enough requests to keep every connection busy while others parse.
         max_in_flight: 2 * config.db_max_connections as usize,
         body_timeout: config.body_timeout,
+        max_webhooks_per_org: config.max_webhooks_per_org,
+        max_sources_per_org: config.max_sources_per_org,
+        max_api_keys_per_org: config.max_api_keys_per_org,
         ..ApiSettings::default()
     }
 }
@@ -139,7 +156,18 @@ pub async fn build(
 ) -> anyhow::Result<Running> {
     let url = config.require_database_url()?;
     let secrets = config.secret_box()?;
-    let pool = hookrelay_storage::connect(url, &pool_options(config))?;
+    // A process that only serves the API has one pool, with the API's statement deadline; one
+    // that also migrates or delivers keeps a pool without it for that work, and gives the API a
+    // pool of its own (connections open lazily: an idle pool holds none).
+    let api_only = roles.api && !roles.workers && !roles.migrate;
+    let pool = hookrelay_storage::connect(
+        url,
+        &if api_only {
+            api_pool_options(config)
+        } else {
+            pool_options(config)
+        },
+    )?;
     hookrelay_storage::wait_until_reachable(&pool, std::time::Duration::from_secs(30))
         .await
         .context("connecting to PostgreSQL (DATABASE_URL)")?;
@@ -191,11 +219,16 @@ pub async fn build(
         (stop, task)
     });
 
-    let (server, api_addr) = if roles.api {
+    let api_pool = match (roles.api, api_only) {
+        (true, true) => Some(pool.clone()),
+        (true, false) => Some(hookrelay_storage::connect(url, &api_pool_options(config))?),
+        (false, _) => None,
+    };
+    let (server, api_addr) = if let Some(api_pool) = &api_pool {
         let listener = listener.context("the API role needs a listener")?;
         let addr = listener.local_addr()?;
         let state = ApiState::new(
-            pool.clone(),
+            api_pool.clone(),
             secrets,
             api_settings(config),
             registry.clone(),
@@ -214,6 +247,7 @@ pub async fn build(
     Ok(Running {
         api_addr,
         pool,
+        api_pool,
         server,
         workers,
         puller,

@@ -1,9 +1,13 @@
 //! Hubble Network's packet batch (`hubble-network-packet-batch.json`): checked packet by packet,
 //! so a malformed packet rejects the whole batch naming its index and field, and each good packet
 //! is kept exactly as Hubble sent it (unknown fields included: Hubble may add some).
+//! [`parse_batch_json`] reads a pushed body straight from its bytes one packet at a time, so a
+//! 16 MiB batch never exists as a whole `Value` tree beside the bytes it came from.
 
 use base64::Engine;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 /// Most packets Hubble puts in one batch or page.
 pub const MAX_PACKETS: usize = 1000;
@@ -69,12 +73,83 @@ pub fn parse_batch(body: &Value) -> Result<Vec<Packet>, Vec<FieldProblem>> {
             &format!("at most {MAX_PACKETS} packets per batch"),
         ));
     }
+    check_each(
+        packets
+            .iter()
+            .map(|p| Ok::<_, std::convert::Infallible>(p.clone())),
+    )
+    .map_err(|e| match e {
+        BatchError::Fields(problems) => problems,
+        BatchError::Json(_) => unreachable!("no JSON is parsed here"),
+    })
+}
+
+/// Why a batch body was refused: not JSON at all (a 400), or JSON that breaks Hubble's schema
+/// (a 422 naming each field).
+#[derive(Debug)]
+pub enum BatchError {
+    Json(serde_json::Error),
+    Fields(Vec<FieldProblem>),
+}
+
+/// [`parse_batch`] on the body's bytes, with the same answers, holding one packet's `Value` at a
+/// time beside the bytes: the body is split into borrowed packet texts, and each packet is parsed,
+/// checked and moved into its [`Packet`] without a copy.
+pub fn parse_batch_json(bytes: &[u8]) -> Result<Vec<Packet>, BatchError> {
+    let fields = |field: &str, message: &str| {
+        BatchError::Fields(vec![FieldProblem {
+            field: field.into(),
+            message: message.into(),
+        }])
+    };
+    // A duplicated key keeps its last value, as `Value` does.
+    let top: BTreeMap<String, &RawValue> = match serde_json::from_slice(bytes) {
+        Ok(top) => top,
+        // Valid JSON that is not an object; anything else is malformed.
+        Err(err) if err.is_data() => {
+            return match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => Err(fields(
+                    "",
+                    "the body must be a JSON object {\"packets\": [...]}",
+                )),
+                Err(syntax) => Err(BatchError::Json(syntax)),
+            };
+        }
+        Err(err) => return Err(BatchError::Json(err)),
+    };
+    let Some(packets) = top.get("packets") else {
+        return Err(fields("packets", "required"));
+    };
+    if !packets.get().starts_with('[') {
+        return Err(fields("packets", "must be an array of packets"));
+    }
+    let packets: Vec<&RawValue> = serde_json::from_str(packets.get()).map_err(BatchError::Json)?;
+    if packets.len() > MAX_PACKETS {
+        return Err(fields(
+            "packets",
+            &format!("at most {MAX_PACKETS} packets per batch"),
+        ));
+    }
+    check_each(packets.into_iter().map(|p| serde_json::from_str(p.get())))
+}
+
+/// Checks packets in order, stopping once 20 problems are found; every packet is kept only when
+/// none has a problem.
+fn check_each<E>(
+    packets: impl ExactSizeIterator<Item = Result<Value, E>>,
+) -> Result<Vec<Packet>, BatchError>
+where
+    BatchError: From<E>,
+{
     let mut out = Vec::with_capacity(packets.len());
     let mut problems = Vec::new();
-    for (i, packet) in packets.iter().enumerate() {
-        match parse_packet(packet) {
-            Ok(p) => out.push(p),
+    for (i, packet) in packets.enumerate() {
+        match parse_packet_owned(packet?) {
+            Ok(p) if problems.is_empty() => out.push(p),
+            // Already refused: a good packet after a bad one is not kept.
+            Ok(_) => {}
             Err(mut found) => {
+                out = Vec::new();
                 for p in &mut found {
                     p.field = if p.field.is_empty() {
                         format!("packets[{i}]")
@@ -92,12 +167,58 @@ pub fn parse_batch(body: &Value) -> Result<Vec<Packet>, Vec<FieldProblem>> {
     if problems.is_empty() {
         Ok(out)
     } else {
-        Err(problems)
+        Err(BatchError::Fields(problems))
+    }
+}
+
+impl From<std::convert::Infallible> for BatchError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+impl From<serde_json::Error> for BatchError {
+    fn from(err: serde_json::Error) -> Self {
+        Self::Json(err)
     }
 }
 
 /// Checks one packet against Hubble's schema.
 pub fn parse_packet(packet: &Value) -> Result<Packet, Vec<FieldProblem>> {
+    let checked = check_packet(packet)?;
+    Ok(checked.into_packet(packet.as_object().cloned().unwrap_or_default()))
+}
+
+/// [`parse_packet`] that keeps the packet it is given instead of copying it.
+pub fn parse_packet_owned(packet: Value) -> Result<Packet, Vec<FieldProblem>> {
+    let checked = check_packet(&packet)?;
+    match packet {
+        Value::Object(object) => Ok(checked.into_packet(object)),
+        _ => unreachable!("a checked packet is an object"),
+    }
+}
+
+/// What checking a packet finds besides the packet itself.
+struct Checked {
+    device_id: String,
+    sequence_number: i64,
+    timestamp: String,
+    payload_bytes: usize,
+}
+
+impl Checked {
+    fn into_packet(self, mut data: Map<String, Value>) -> Packet {
+        data.insert(PAYLOAD_BYTES.into(), Value::from(self.payload_bytes));
+        Packet {
+            data: Value::Object(data),
+            device_id: self.device_id,
+            sequence_number: self.sequence_number,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+fn check_packet(packet: &Value) -> Result<Checked, Vec<FieldProblem>> {
     let mut problems = Vec::new();
     let mut bad = |field: &str, message: &str| {
         problems.push(FieldProblem {
@@ -231,13 +352,11 @@ pub fn parse_packet(packet: &Value) -> Result<Packet, Vec<FieldProblem>> {
     if !problems.is_empty() {
         return Err(problems);
     }
-    let mut data = object.clone();
-    data.insert(PAYLOAD_BYTES.into(), Value::from(payload_bytes));
-    Ok(Packet {
-        data: Value::Object(data),
+    Ok(Checked {
         device_id,
         sequence_number,
         timestamp,
+        payload_bytes,
     })
 }
 
@@ -332,5 +451,47 @@ mod tests {
         );
         let too_many = json!({"packets": vec![packet(); MAX_PACKETS + 1]});
         assert_eq!(parse_batch(&too_many).unwrap_err()[0].field, "packets");
+    }
+
+    #[test]
+    fn a_body_is_read_from_its_text_as_from_its_value() {
+        let body = json!({"packets": [packet(), packet()], "next": null});
+        let text = serde_json::to_vec_pretty(&body).unwrap();
+        let from_text = parse_batch_json(&text).unwrap();
+        assert_eq!(from_text, parse_batch(&body).unwrap());
+        // Whitespace anywhere, and a repeated key keeps its last value as `Value` does.
+        let spaced = format!(" {{ \"packets\" : 7 , \"packets\" :\n [ {} ] }} ", packet());
+        assert_eq!(parse_batch_json(spaced.as_bytes()).unwrap().len(), 1);
+
+        let fields = |text: &str| match parse_batch_json(text.as_bytes()) {
+            Err(BatchError::Fields(problems)) => {
+                problems.into_iter().map(|p| p.field).collect::<Vec<_>>()
+            }
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(fields("[]"), [""]);
+        assert_eq!(fields("\"packets\""), [""]);
+        assert_eq!(fields("{}"), ["packets"]);
+        assert_eq!(fields(r#"{"packets": null}"#), ["packets"]);
+        assert_eq!(fields(r#"{"packets": {"0": {}}}"#), ["packets"]);
+        assert_eq!(
+            fields(r#"{"packets": [{}, 1]}"#),
+            ["packets[0].device", "packets[1]"]
+        );
+        for malformed in [
+            "{\"packets\": [",
+            "[1, 2",
+            "{} {}",
+            "{\"packets\": [1e999]}",
+            "nul",
+        ] {
+            assert!(
+                matches!(
+                    parse_batch_json(malformed.as_bytes()),
+                    Err(BatchError::Json(_))
+                ),
+                "{malformed}"
+            );
+        }
     }
 }

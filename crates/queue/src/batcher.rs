@@ -1,7 +1,9 @@
 //! Batching (seed 001): turns the batchable events waiting in `batch_items` into one delivery per
 //! batch for webhooks with `max_batch_size` > 1, flushed when `max_batch_size` are waiting or
 //! when the oldest has waited `HOOKRELAY_BATCH_LINGER`. From then on a batch is an ordinary
-//! delivery: one body, one signature, one attempt history, retried as a whole.
+//! delivery: one body, one signature, one attempt history, retried as a whole. Each group is
+//! flushed by a statement of its own, so a group the database refuses is logged and skipped
+//! while every other group (every other tenant's) still flushes.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -49,6 +51,8 @@ pub(crate) async fn run(
 
 /// Flushes every group (webhook, event type) that is full or has lingered long enough; returns
 /// how many events it flushed and, when it flushed none, when the oldest waiting item falls due.
+/// A group whose flush fails is skipped until the next pass; only an unreachable database (which
+/// every group would meet) ends the pass with an error.
 pub async fn flush_ready(
     pool: &PgPool,
     linger: Duration,
@@ -72,14 +76,27 @@ pub async fn flush_ready(
             continue;
         }
         loop {
-            let flushed = flush_one(
+            let flushed = match flush_one(
                 pool,
                 (org_id, webhook_id, &event),
                 size,
                 linger,
                 max_attempts,
             )
-            .await?;
+            .await
+            {
+                Ok(flushed) => flushed,
+                Err(err) if err.is_transient() => return Err(err),
+                Err(err) => {
+                    // Its items stay waiting; the statement rolled back alone.
+                    tracing::error!(
+                        %org_id, %webhook_id, event, error = %err,
+                        cause = ?std::error::Error::source(&err),
+                        "flushing a batch failed; other groups go on"
+                    );
+                    break;
+                }
+            };
             flushed_total += flushed;
             if flushed < i64::from(size) {
                 break;

@@ -9,8 +9,16 @@ pub enum StorageError {
     Conflict { constraint: String },
     #[error("violates {constraint}")]
     Invalid { constraint: String },
+    #[error("the organization already has the most {} allowed ({limit})", what.name())]
+    LimitReached {
+        what: crate::limits::Counted,
+        limit: u32,
+    },
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// A statement ran past `statement_timeout` (SQLSTATE 57014) and was cancelled.
+    #[error("a database statement took too long and was cancelled")]
+    Timeout(#[source] sqlx::Error),
     #[error("database error")]
     Database(#[source] sqlx::Error),
     #[error("migration failed")]
@@ -41,6 +49,7 @@ impl From<sqlx::Error> for StorageError {
                             constraint: format!("data rules ({})", db.message()),
                         }
                     }
+                    _ if db.code().as_deref() == Some("57014") => Self::Timeout(err),
                     // 57P01 admin_shutdown, 57P03 cannot_connect_now, 53300 too_many_connections:
                     // the database is restarting or full, which is worth a retry, not a 500.
                     _ if matches!(db.code().as_deref(), Some("57P01" | "57P03" | "53300")) => {
@@ -55,8 +64,9 @@ impl From<sqlx::Error> for StorageError {
 }
 
 impl StorageError {
-    /// True when trying again later may succeed (the database is down, restarting or saturated).
+    /// True when trying again later may succeed (the database is down, restarting or saturated,
+    /// or a statement was cancelled for running too long).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::Timeout(_))
     }
 }

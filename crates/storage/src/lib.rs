@@ -10,6 +10,7 @@ mod error;
 pub mod event_types;
 pub mod events;
 pub mod group_commit;
+pub mod limits;
 pub mod organizations;
 pub mod page;
 mod pool;

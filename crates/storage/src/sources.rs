@@ -8,9 +8,10 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::events::{NewEvent, PublishError, publish_with_ids};
+use crate::events::{NewEvent, PublishError, publish_owned_with_ids};
 use crate::page::{Cursor, Page, PageRequest};
 use crate::{SecretBox, StorageError};
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Source {
@@ -268,6 +269,25 @@ pub struct PacketRow {
     pub data: Value,
 }
 
+/// About how many bytes of event data one publishing statement of [`record_packets`] carries.
+const PUBLISH_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// About the length of `value` as JSON text: strings and keys by their length, anything else
+/// by a small constant.
+fn json_size_hint(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_size_hint(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_size_hint(v))
+                .sum::<usize>()
+        }
+        _ => 8,
+    }
+}
+
 /// What an ingest did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Ingested {
@@ -279,15 +299,17 @@ pub struct Ingested {
 /// `event` (fanned out like any event), on the caller's connection: call it inside a
 /// transaction so the ledger and the events commit together. A packet already in the ledger,
 /// or twice in `packets`, is a duplicate. Concurrent ingests of the same packet serialise on the
-/// ledger's primary key, so it is published once.
-pub async fn record_packets(
+/// ledger's primary key, so it is published once. Given the packets by value, each packet's data
+/// is moved into its event, never copied.
+pub async fn record_packets<'p>(
     conn: &mut PgConnection,
     org_id: Uuid,
     source_id: Uuid,
     event: &str,
-    packets: &[PacketRow],
+    packets: impl Into<Cow<'p, [PacketRow]>>,
     max_attempts: i32,
 ) -> Result<Ingested, PublishError> {
+    let packets: Cow<'p, [PacketRow]> = packets.into();
     if packets.is_empty() {
         return Ok(Ingested {
             accepted: 0,
@@ -315,28 +337,41 @@ pub async fn record_packets(
     .fetch_all(&mut *conn)
     .await?;
     let fresh: std::collections::HashSet<Uuid> = fresh.into_iter().collect();
-    let (events, event_ids): (Vec<NewEvent>, Vec<Uuid>) = packets
-        .iter()
-        .zip(&ids)
+    let total = packets.len();
+    drop((devices, stamps));
+    let fresh: Vec<(NewEvent, Uuid)> = packets
+        .into_owned()
+        .into_iter()
+        .zip(ids)
         .filter(|(_, id)| fresh.contains(id))
         .map(|(p, id)| {
             (
                 NewEvent {
                     event: event.to_owned(),
-                    data: p.data.clone(),
+                    data: p.data,
                     idempotency_key: None,
                     source_id: Some(source_id),
                 },
-                *id,
+                id,
             )
         })
-        .unzip();
-    if !events.is_empty() {
-        publish_with_ids(conn, org_id, &events, &event_ids, max_attempts).await?;
+        .collect();
+    let accepted = fresh.len();
+    // A statement's parameters are encoded into one buffer and copied into the connection's write
+    // buffer: published in one statement, a 16 MiB batch would need two more copies of itself.
+    let mut fresh = fresh.into_iter().peekable();
+    while fresh.peek().is_some() {
+        let (mut chunk, mut chunk_ids, mut size) = (Vec::new(), Vec::new(), 0);
+        while let Some((e, id)) = fresh.next_if(|_| size < PUBLISH_CHUNK_BYTES) {
+            size += json_size_hint(&e.data);
+            chunk.push(e);
+            chunk_ids.push(id);
+        }
+        publish_owned_with_ids(&mut *conn, org_id, chunk, &chunk_ids, max_attempts).await?;
     }
     Ok(Ingested {
-        accepted: events.len(),
-        duplicates: packets.len() - events.len(),
+        accepted,
+        duplicates: total - accepted,
     })
 }
 

@@ -3,7 +3,9 @@
 
 use actix_web::{HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
+use hookrelay_storage::StorageError;
 use hookrelay_storage::api_keys::{self, ALL_SCOPES, ApiKey, KeyChanges, Token};
+use hookrelay_storage::limits::{self, Counted};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -122,10 +124,13 @@ fn validate_expiry(expires_at: Option<DateTime<Utc>>) -> Result<(), FieldError> 
     }
 }
 
-/// Creates a key. A key can only grant scopes its creator holds.
+/// Creates a key. A key can only grant scopes its creator holds. An organization has at most
+/// `HOOKRELAY_MAX_API_KEYS_PER_ORG` live keys (default 100; revoked and expired ones do not
+/// count): past it, 409 `limit-reached`.
 #[utoipa::path(context_path = "/api/v1", tag = "keys", security(("api_key" = ["api_keys:write"])), request_body = CreateKey,
     responses((status = 201, body = CreatedKey), (status = 400, body = crate::problem::Problem),
-              (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem)))]
+              (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
+              (status = 409, body = crate::problem::Problem, description = "the organization has HOOKRELAY_MAX_API_KEYS_PER_ORG live keys already")))]
 #[post("/keys")]
 pub async fn create(
     caller: Caller,
@@ -165,14 +170,23 @@ pub async fn create(
     if let Some(missing) = granted.iter().find(|s| !caller.key.has_scope(s)) {
         return Err(ApiError::Forbidden((*missing).to_owned()));
     }
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    limits::make_room(
+        &mut tx,
+        caller.org_id(),
+        Counted::ApiKeys,
+        state.settings.max_api_keys_per_org,
+    )
+    .await?;
     let (key, token) = api_keys::create(
-        &state.pool,
+        &mut *tx,
         caller.org_id(),
         &name.unwrap_or_default(),
         &scopes,
         body.expires_at,
     )
     .await?;
+    tx.commit().await.map_err(StorageError::from)?;
     Ok(HttpResponse::Created().json(CreatedKey::new(key, token)))
 }
 

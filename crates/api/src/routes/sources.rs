@@ -5,7 +5,8 @@
 use actix_web::{HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use hookrelay_ingest::Cidr;
-use hookrelay_storage::{event_types, sources};
+use hookrelay_storage::limits::{self, Counted};
+use hookrelay_storage::{StorageError, event_types, sources};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -253,9 +254,12 @@ fn generated_credential() -> ApiResult<String> {
 }
 
 /// Creates a source. The answer carries its token (Hubble) or secret (signed), shown only here.
+/// An organization has at most `HOOKRELAY_MAX_SOURCES_PER_ORG` sources (default 100): past it,
+/// 409 `limit-reached`.
 #[utoipa::path(context_path = "/api/v1", tag = "sources", security(("api_key" = ["sources:write"])), request_body = CreateSource,
     responses((status = 201, body = SourceOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
+              (status = 409, body = crate::problem::Problem, description = "the organization has HOOKRELAY_MAX_SOURCES_PER_ORG sources already"),
               (status = 413, body = crate::problem::Problem)))]
 #[post("/sources")]
 pub async fn create(
@@ -338,7 +342,16 @@ pub async fn create(
         ip_allowlist,
         pull,
     };
-    let source = sources::create(&state.pool, &state.secrets, caller.org_id(), &new).await?;
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    limits::make_room(
+        &mut tx,
+        caller.org_id(),
+        Counted::Sources,
+        state.settings.max_sources_per_org,
+    )
+    .await?;
+    let source = sources::create(&mut *tx, &state.secrets, caller.org_id(), &new).await?;
+    tx.commit().await.map_err(StorageError::from)?;
     let mut answer = out(&state, source);
     match body.kind {
         SourceKind::Hubble => answer.token = Some(secret),

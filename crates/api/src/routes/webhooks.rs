@@ -3,6 +3,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
+use hookrelay_storage::limits::{self, Counted};
 use hookrelay_storage::{StorageError, event_types, webhooks};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -105,6 +106,28 @@ impl From<webhooks::Webhook> for WebhookOut {
     }
 }
 
+/// A webhook's `filter` in the OpenAPI document, with the limits that field attributes cannot
+/// state.
+fn filter_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(
+            [Type::Object, Type::Null]
+                .into_iter()
+                .collect::<utoipa::openapi::schema::SchemaType>(),
+        )
+        .max_properties(Some(validate::MAX_FILTERS))
+        .description(Some(format!(
+            "JSON pointer → value (or list of values) over the event data; all must match. At \
+             most {} conditions, {} values in a list and {} bytes of JSON (400 naming `filter` \
+             above).",
+            validate::MAX_FILTERS,
+            validate::MAX_FILTER_LIST,
+            validate::MAX_FILTER_BYTES
+        )))
+        .build()
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
@@ -124,8 +147,7 @@ pub struct CreateWebhook {
     pub metadata: Option<Map<String, Value>>,
     /// Extra request headers; they cannot override hookrelay's own.
     pub headers: Option<BTreeMap<String, String>>,
-    /// JSON pointer → value (or list of values) over the event data; all must match.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = filter_schema)]
     pub filter: Option<Map<String, Value>>,
     /// 1–1000; above 1, batchable events are grouped into one request.
     #[schema(minimum = 1, maximum = 1000)]
@@ -135,10 +157,12 @@ pub struct CreateWebhook {
     pub rate_limit_per_second: Option<i32>,
 }
 
-/// Creates a webhook. The answer carries its secret.
+/// Creates a webhook. The answer carries its secret. An organization has at most
+/// `HOOKRELAY_MAX_WEBHOOKS_PER_ORG` webhooks (default 1,000): past it, 409 `limit-reached`.
 #[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:write"])), request_body = CreateWebhook,
     responses((status = 201, body = WebhookOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
+              (status = 409, body = crate::problem::Problem, description = "the organization has HOOKRELAY_MAX_WEBHOOKS_PER_ORG webhooks already"),
               (status = 413, body = crate::problem::Problem)))]
 #[post("/webhooks")]
 pub async fn create(
@@ -217,7 +241,16 @@ pub async fn create(
             .to_owned(),
         rate_limit_per_second: rate_limit,
     };
-    let webhook = webhooks::create(&state.pool, &state.secrets, caller.org_id(), &new).await?;
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    limits::make_room(
+        &mut tx,
+        caller.org_id(),
+        Counted::Webhooks,
+        state.settings.max_webhooks_per_org,
+    )
+    .await?;
+    let webhook = webhooks::create(&mut *tx, &state.secrets, caller.org_id(), &new).await?;
+    tx.commit().await.map_err(StorageError::from)?;
     let mut out = WebhookOut::from(webhook);
     out.secret = Some(secret);
     Ok(HttpResponse::Created().json(out))
@@ -292,8 +325,9 @@ pub struct UpdateWebhook {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
     pub headers: Option<BTreeMap<String, String>>,
+    /// `null` removes the filter.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = filter_schema)]
     pub filter: Option<Option<Map<String, Value>>>,
     pub max_batch_size: Option<i32>,
     pub payload_format: Option<PayloadFormat>,
