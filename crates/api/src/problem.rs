@@ -70,7 +70,12 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        /// The bucket's size, and seconds until it is full again, for `X-RateLimit-*`.
+        limit: u32,
+        retry_after_secs: u64,
+        reset_secs: u64,
+    },
     /// A per-organization cap (webhooks, sources, API keys) is reached.
     #[error("{0}")]
     LimitReached(String),
@@ -234,8 +239,19 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         match self {
-            Self::RateLimited { retry_after_secs } => {
+            Self::RateLimited {
+                limit,
+                retry_after_secs,
+                reset_secs,
+            } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+                for (name, value) in [
+                    ("x-ratelimit-limit", u64::from(*limit)),
+                    ("x-ratelimit-remaining", 0),
+                    ("x-ratelimit-reset", *reset_secs),
+                ] {
+                    response.insert_header((name, value));
+                }
             }
             Self::Unavailable | Self::Overloaded | Self::StatementTimeout => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
