@@ -17,7 +17,7 @@ use crate::ApiState;
 use crate::problem::ApiError;
 use crate::rate_limit::Decision;
 
-fn bearer(req: &HttpRequest) -> Option<&str> {
+pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -142,6 +142,15 @@ fn rate_limit_headers(
     }
 }
 
+/// Whether the request's bearer token is `expected` (compared in constant time); never when
+/// nothing is expected.
+pub(crate) fn token_matches(expected: Option<&str>, req: &HttpRequest) -> bool {
+    match (expected, bearer(req)) {
+        (Some(expected), Some(given)) => bool::from(expected.as_bytes().ct_eq(given.as_bytes())),
+        _ => false,
+    }
+}
+
 /// The operator, authorized by `HOOKRELAY_ADMIN_TOKEN`. With no admin token configured the admin
 /// API does not exist for anyone (401).
 #[derive(Debug, Clone, Copy)]
@@ -155,16 +164,12 @@ impl FromRequest for Admin {
         let state = req
             .app_data::<web::Data<ApiState>>()
             .expect("ApiState is registered");
-        let allowed = match (&state.settings.admin_token, bearer(req)) {
-            (Some(expected), Some(given)) => {
-                bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
-            }
-            _ => false,
-        };
-        ready(if allowed {
-            Ok(Admin)
-        } else {
-            Err(ApiError::Unauthorized)
-        })
+        ready(
+            if token_matches(state.settings.admin_token.as_deref(), req) {
+                Ok(Admin)
+            } else {
+                Err(ApiError::Unauthorized)
+            },
+        )
     }
 }
