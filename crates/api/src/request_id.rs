@@ -48,7 +48,14 @@ pub async fn middleware(
     let header = HeaderValue::from_str(&id).ok();
     let handled = async {
         match next.call(req).await {
-            Ok(response) => Ok(response),
+            Ok(mut response) => {
+                if let Some(value) = &header {
+                    response
+                        .headers_mut()
+                        .insert(HeaderName::from_static(HEADER), value.clone());
+                }
+                Ok(response)
+            }
             // Actix would render the error after this middleware has returned, outside the
             // task-local's scope and without the header; it is rendered now instead.
             Err(err) => {
@@ -58,8 +65,6 @@ pub async fn middleware(
                         .headers_mut()
                         .insert(HeaderName::from_static(HEADER), value.clone());
                 }
-                let status = rendered.status().as_u16();
-                span.record("status", status);
                 Err(actix_web::Error::from(InternalError::from_response(
                     err, rendered,
                 )))
@@ -69,8 +74,11 @@ pub async fn middleware(
     let result = REQUEST_ID
         .scope(id.clone(), handled.instrument(span.clone()))
         .await;
-    let mut response = result?;
-    let status = response.status().as_u16();
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(err) => err.as_response_error().status_code(),
+    }
+    .as_u16();
     span.record("status", status);
     span.in_scope(|| {
         tracing::debug!(
@@ -79,10 +87,5 @@ pub async fn middleware(
             "answered"
         )
     });
-    if let Some(value) = header {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(HEADER), value);
-    }
-    Ok(response)
+    result
 }
