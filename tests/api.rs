@@ -944,7 +944,11 @@ async fn organizations_are_rate_limited_separately() {
             .unwrap();
         statuses.push(resp.status().as_u16());
         if resp.status() == 200 {
-            assert_eq!(resp.headers()["x-ratelimit-limit"], "2");
+            assert_eq!(
+                resp.headers()["x-ratelimit-limit"],
+                "4",
+                "the bucket: twice the rate"
+            );
             assert!(resp.headers().contains_key("x-ratelimit-remaining"));
             assert!(resp.headers().contains_key("x-ratelimit-reset"));
         }

@@ -54,6 +54,14 @@ pub async fn url(raw: &str, settings: &ApiSettings) -> Result<String, FieldError
         .host_str()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| err("has no host".into()))?;
+    // Parsing percent-encodes what a URL may not hold as is (`<` becomes `%3C`): the normalised
+    // form is what is stored and sent, so it is what must fit.
+    if parsed.as_str().len() > MAX_URL_LEN {
+        return Err(err(format!(
+            "at most {MAX_URL_LEN} characters once normalised (this one has {})",
+            parsed.as_str().len()
+        )));
+    }
     let port = parsed.port_or_known_default().unwrap_or(443);
     match resolve_allowed(host, port, settings.allow_private_targets).await {
         Ok(_) => {}
@@ -207,6 +215,19 @@ pub fn metadata(metadata: &Map<String, Value>) -> Result<Value, FieldError> {
         ));
     }
     Ok(value)
+}
+
+/// PostgreSQL's text cannot hold U+0000; a path segment or query value carrying `%00` is the
+/// caller's mistake (400), caught before it reaches a statement.
+pub fn no_nul(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.contains('\0') {
+        Err(FieldError::new(
+            field,
+            "must not contain the NUL character (%00)",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 pub fn description(text: &str) -> Result<String, FieldError> {

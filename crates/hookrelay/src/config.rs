@@ -15,6 +15,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "bearer token for /api/v1/admin/* (unset: admin API off)",
     ),
     (
+        "HOOKRELAY_METRICS_TOKEN",
+        "",
+        "bearer token /metrics requires (unset: /metrics is open)",
+    ),
+    (
         "HOOKRELAY_ENCRYPTION_KEY",
         "",
         "base64 of 32 bytes; encrypts secrets at rest (required)",
@@ -151,6 +156,7 @@ pub struct Config {
     pub database_url: Option<Sensitive>,
     pub listen: SocketAddr,
     pub admin_token: Option<Sensitive>,
+    pub metrics_token: Option<Sensitive>,
     pub encryption_key: Option<Sensitive>,
     pub allow_http: bool,
     pub allow_private_targets: bool,
@@ -318,6 +324,7 @@ impl Config {
                     .map_err(|_| "expected host:port, e.g. 127.0.0.1:8080".into())
             })?,
             admin_token: r.raw("HOOKRELAY_ADMIN_TOKEN").map(Sensitive),
+            metrics_token: r.raw("HOOKRELAY_METRICS_TOKEN").map(Sensitive),
             encryption_key: r.raw("HOOKRELAY_ENCRYPTION_KEY").map(Sensitive),
             allow_http: r.parse("HOOKRELAY_ALLOW_HTTP", parse_bool)?,
             allow_private_targets: r.parse("HOOKRELAY_ALLOW_PRIVATE_TARGETS", parse_bool)?,

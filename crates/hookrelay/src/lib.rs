@@ -98,6 +98,7 @@ pub fn api_settings(config: &Config) -> ApiSettings {
     ApiSettings {
         max_body: config.max_body,
         admin_token: config.admin_token.as_ref().map(|t| t.0.clone()),
+        metrics_token: config.metrics_token.as_ref().map(|t| t.0.clone()),
         allow_http: config.allow_http,
         allow_private_targets: config.allow_private_targets,
         org_rate_limit: config.org_rate_limit,

@@ -207,7 +207,7 @@ pub struct ListKeysQuery {
 pub async fn list(
     caller: Caller,
     state: web::Data<ApiState>,
-    query: web::Query<ListKeysQuery>,
+    query: crate::query::Query<ListKeysQuery>,
 ) -> ApiResult<web::Json<ListResponse<KeyOut>>> {
     caller.require("api_keys:read")?;
     let page = page_request(query.limit, query.cursor.as_deref())?;

@@ -277,7 +277,7 @@ pub struct ListWebhooksQuery {
 pub async fn list(
     caller: Caller,
     state: web::Data<ApiState>,
-    query: web::Query<ListWebhooksQuery>,
+    query: crate::query::Query<ListWebhooksQuery>,
 ) -> ApiResult<web::Json<ListResponse<WebhookOut>>> {
     caller.require("webhooks:read")?;
     let query = query.into_inner();
