@@ -619,3 +619,89 @@ async fn webhooks_stored_before_sealing_keep_working_and_are_sealed_at_start() {
     worker.stop().await;
     app.stop().await;
 }
+
+/// A database that held credentials in plaintext before the sealing migration: the migration
+/// masks the passwords already recorded (attempts, `webhook.disabled` events and their
+/// deliveries), and the first worker to start seals the webhook itself.
+#[tokio::test]
+async fn the_migration_and_start_up_leave_no_plaintext_behind() {
+    const SEALING: i64 = 20261202000040;
+    let db = hookrelay_tests::TestDb::empty().await;
+    // Every migration before the sealing one, as a database upgraded from then has them.
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let before = std::env::temp_dir().join(format!("hr-migrations-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&before).unwrap();
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let version: i64 = name.split('_').next().unwrap().parse().unwrap();
+        if version < SEALING {
+            std::fs::copy(&path, before.join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .unwrap()
+        .run(&db.pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&before).unwrap();
+
+    let url = format!("https://partner:{PASSWORD}@example.com/h");
+    let token_url = "https://tok-0ld-secret@example.com/t";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO organizations (id, name) VALUES ('00000000-0000-7000-8000-000000000001', 'old');
+         INSERT INTO webhooks (id, org_id, url, events, secret, headers)
+         VALUES ('00000000-0000-7000-8000-000000000002', '00000000-0000-7000-8000-000000000001',
+                 '{url}', '{{*}}', 'v1:unused', '{{\"X-Api-Key\": \"{API_KEY_VALUE}\"}}');
+         INSERT INTO events (id, org_id, event, data)
+         VALUES ('00000000-0000-7000-8000-000000000003', '00000000-0000-7000-8000-000000000001',
+                 'webhook.disabled', '{{\"url\": \"{url}\"}}');
+         INSERT INTO webhook_deliveries (id, webhook_id, event, payload, org_id)
+         VALUES ('00000000-0000-7000-8000-000000000004', '00000000-0000-7000-8000-000000000002',
+                 'webhook.disabled', '{{\"data\": {{\"url\": \"{url}\"}}}}',
+                 '00000000-0000-7000-8000-000000000001');
+         INSERT INTO webhook_delivery_attempts
+                (id, org_id, delivery_id, webhook_id, attempt_number, url, latency_ms, started_at)
+         VALUES ('00000000-0000-7000-8000-000000000005', '00000000-0000-7000-8000-000000000001',
+                 '00000000-0000-7000-8000-000000000004', '00000000-0000-7000-8000-000000000002',
+                 1, '{url}', 1, now()),
+                ('00000000-0000-7000-8000-000000000006', '00000000-0000-7000-8000-000000000001',
+                 '00000000-0000-7000-8000-000000000004', '00000000-0000-7000-8000-000000000002',
+                 2, '{token_url}', 1, now());"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    hookrelay_storage::migrate(&db.pool).await.unwrap();
+    let attempts: Vec<String> =
+        sqlx::query_scalar("SELECT url FROM webhook_delivery_attempts ORDER BY attempt_number")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts,
+        [
+            "https://partner:****@example.com/h",
+            "https://****@example.com/t"
+        ]
+    );
+    let env = hookrelay_tests::test_env(&db);
+    let config = hookrelay::Config::from_lookup(|name| env.get(name).cloned()).unwrap();
+    let worker = hookrelay::build(&config, None, Roles::WORKER)
+        .await
+        .expect("worker starts");
+    worker.stop().await;
+    assert_no_plaintext(
+        &database_text(&db.pool).await,
+        &[PASSWORD, API_KEY_VALUE, "0ld-secret"],
+    );
+    let (shown, sealed): (String, Option<String>) =
+        sqlx::query_as("SELECT url, sealed_url FROM webhooks")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(shown, "https://partner:****@example.com/h");
+    assert!(sealed.is_some_and(|s| s.starts_with("v1:")));
+}

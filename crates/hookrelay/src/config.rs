@@ -17,7 +17,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "HOOKRELAY_ENCRYPTION_KEY",
         "",
-        "base64 of 32 bytes; encrypts secrets at rest (required)",
+        "base64 of 32 bytes; encrypts secrets, webhook header values and URL credentials at rest (required)",
     ),
     (
         "HOOKRELAY_ALLOW_HTTP",

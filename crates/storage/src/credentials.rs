@@ -141,17 +141,20 @@ pub fn open_headers(
     }
 }
 
+/// id, url, sealed_url, headers, sealed_headers.
+type LegacyRow = (
+    Uuid,
+    String,
+    Option<String>,
+    sqlx::types::Json<Value>,
+    Option<String>,
+);
+
 /// Reseals webhooks written before credentials were sealed: plaintext header values, or a URL
 /// with userinfo, in rows whose sealed column is NULL. Each row is rewritten only if it did not
 /// change meanwhile, so it is safe while other processes run. Returns how many were resealed.
 pub async fn seal_legacy(pool: &PgPool, secrets: &SecretBox) -> Result<u64, StorageError> {
-    let rows: Vec<(
-        Uuid,
-        String,
-        Option<String>,
-        sqlx::types::Json<Value>,
-        Option<String>,
-    )> = sqlx::query_as(
+    let rows: Vec<LegacyRow> = sqlx::query_as(
         "SELECT id, url, sealed_url, headers, sealed_headers FROM webhooks
               WHERE (sealed_headers IS NULL AND headers <> '{}'::jsonb)
                  OR (sealed_url IS NULL AND url ~ '^[^:/?#]+://[^/?#]*@')",
