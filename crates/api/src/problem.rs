@@ -57,6 +57,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("this key lacks the scope {0}")]
     Forbidden(String),
+    /// A 403 whose reason is not a missing scope (key hygiene: a key cannot outlive or outrank
+    /// the key that manages it).
+    #[error("{0}")]
+    ForbiddenBecause(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("method not allowed; this path allows {0}")]
@@ -126,7 +130,7 @@ impl ApiError {
             Self::BadRequest { .. } => ("invalid-request", "Invalid request"),
             Self::Unprocessable { .. } => ("unprocessable", "Unprocessable content"),
             Self::Unauthorized => ("unauthorized", "Unauthorized"),
-            Self::Forbidden(_) => ("forbidden", "Forbidden"),
+            Self::Forbidden(_) | Self::ForbiddenBecause(_) => ("forbidden", "Forbidden"),
             Self::NotFound(_) => ("not-found", "Not found"),
             Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             Self::Conflict(_) => ("conflict", "Conflict"),
@@ -263,7 +267,7 @@ impl ResponseError for ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::ForbiddenBecause(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,

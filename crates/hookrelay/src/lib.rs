@@ -177,6 +177,13 @@ pub async fn build(
             .await
             .context("applying migrations")?;
     }
+    // Rows from before credentials were sealed hold them in plaintext: seal them before any
+    // worker reads them (reads accept both forms meanwhile, for processes still starting).
+    if roles.migrate || roles.workers {
+        hookrelay_storage::credentials::seal_legacy(&pool, &secrets)
+            .await
+            .context("sealing webhook credentials stored before sealing existed")?;
+    }
 
     let mut registry = prometheus_client_registry();
     let workers = if roles.workers {

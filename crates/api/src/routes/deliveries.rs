@@ -51,6 +51,7 @@ impl DeliveryStatus {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptOut {
     pub attempt_number: i32,
+    /// The webhook's URL at the time, its password masked as `****`.
     pub url: String,
     pub response_status: Option<i32>,
     /// The first 4 KiB of the answer, as `response_body_encoding` says.
@@ -197,7 +198,8 @@ pub async fn get_delivery(
             .into_iter()
             .map(|a| AttemptOut {
                 attempt_number: a.attempt_number,
-                url: a.url,
+                // Recorded masked; masked again in case a row predates that.
+                url: hookrelay_storage::credentials::mask_url(&a.url),
                 response_status: a.response_status,
                 response_body: a.response_body,
                 response_body_encoding: a.response_body_encoding,
