@@ -11,6 +11,7 @@ pub mod event_types;
 pub mod events;
 pub mod group_commit;
 pub mod limits;
+pub mod metrics;
 pub mod organizations;
 pub mod page;
 mod pool;
