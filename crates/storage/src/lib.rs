@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod crypto;
 pub mod deliveries;
 mod error;
+pub mod event_log;
 pub mod event_types;
 pub mod events;
 pub mod group_commit;

@@ -382,6 +382,21 @@ pub async fn packets_by_period(
         .collect())
 }
 
+/// Whether the source exists in the organization, deleted or not (its counts stay readable).
+pub async fn source_known(
+    db: impl PgExecutor<'_>,
+    org_id: Uuid,
+    source_id: Uuid,
+) -> crate::Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sources WHERE org_id = $1 AND id = $2)")
+            .bind(org_id)
+            .bind(source_id)
+            .fetch_one(db)
+            .await?,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
