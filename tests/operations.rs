@@ -294,6 +294,36 @@ async fn webhook_metrics_count_attempts_per_period() {
         json!({"total_deliveries": 4, "deliveries_successful": 2, "deliveries_failed": 2, "success_rate": 50.0})
     );
     assert_eq!(all["metrics"][29]["success_rate"], 50.0);
+
+    // `hookrelay admin stats` prints the same figures from the rollup, as a table.
+    let out = std::process::Command::new(hookrelay_tests::hookrelay_bin())
+        .args([
+            "admin",
+            "stats",
+            "--days",
+            "2",
+            "--interval",
+            "hour",
+            "--org",
+        ])
+        .arg(org.id.to_string())
+        .envs(hookrelay_tests::test_env(&app.db))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 1 + 48 + 1, "{table}");
+    assert_eq!(rows[48][1..5], ["4", "2", "2", "50.00"], "{table}");
+    assert_eq!(rows[1][1..5], ["0", "0", "0", "-"], "{table}");
+    assert_eq!(rows[49], ["total", "4", "2", "2", "50.00"], "{table}");
     app.stop().await;
 }
 
