@@ -35,7 +35,16 @@ async fn rollup(pool: &PgPool) -> Vec<RollupRow> {
 /// latencies go by the documented bucket bounds, except for attempts whose worker died (their
 /// latency is unknown).
 async fn recount(pool: &PgPool) -> Vec<RollupRow> {
-    let rows: Vec<(Uuid, Uuid, chrono::DateTime<chrono::Utc>, Option<i32>, i32, bool)> =
+    // (org, webhook, hour, response status, latency, whether its worker died)
+    type AttemptRow = (
+        Uuid,
+        Uuid,
+        chrono::DateTime<chrono::Utc>,
+        Option<i32>,
+        i32,
+        bool,
+    );
+    let rows: Vec<AttemptRow> =
         sqlx::query_as(
             "SELECT org_id, webhook_id, date_trunc('hour', started_at, 'UTC'), response_status, latency_ms,
                     COALESCE(error LIKE 'outcome unknown:%', false)

@@ -249,26 +249,21 @@ pub async fn attempts_by_period(
            FROM webhook_metrics_hourly WHERE {filter} AND hour >= $3
           GROUP BY 1"
     );
-    let rows: Vec<(DateTime<Utc>, i64, i64, i64, Vec<i64>, i32)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(org_id)
-            .bind(webhook_id)
-            .bind(from)
-            .bind(interval.as_str())
-            .fetch_all(db)
-            .await?;
+    let rows: Vec<PeriodRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(org_id)
+        .bind(webhook_id)
+        .bind(from)
+        .bind(interval.as_str())
+        .fetch_all(db)
+        .await?;
     Ok(rows.into_iter().map(into_counts).collect())
 }
 
+/// A period's sums as the rollup queries return them.
+type PeriodRow = (DateTime<Utc>, i64, i64, i64, Vec<i64>, i32);
+
 fn into_counts(
-    (period, attempts, successes, failures, latency_buckets, latency_max_ms): (
-        DateTime<Utc>,
-        i64,
-        i64,
-        i64,
-        Vec<i64>,
-        i32,
-    ),
+    (period, attempts, successes, failures, latency_buckets, latency_max_ms): PeriodRow,
 ) -> (DateTime<Utc>, AttemptCounts) {
     (
         period,
@@ -295,13 +290,12 @@ pub async fn attempts_by_period_admin(
            FROM webhook_metrics_hourly WHERE ($1::uuid IS NULL OR org_id = $1) AND hour >= $2
           GROUP BY 1"
     );
-    let rows: Vec<(DateTime<Utc>, i64, i64, i64, Vec<i64>, i32)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(org_id)
-            .bind(from)
-            .bind(interval.as_str())
-            .fetch_all(db)
-            .await?;
+    let rows: Vec<PeriodRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(org_id)
+        .bind(from)
+        .bind(interval.as_str())
+        .fetch_all(db)
+        .await?;
     Ok(rows.into_iter().map(into_counts).collect())
 }
 
@@ -414,7 +408,7 @@ mod tests {
         assert_eq!(quantile(&h, 900, 0.5), Some(50));
         assert_eq!(quantile(&h, 900, 0.95), Some(900));
         assert_eq!(quantile(&h, 900, 0.9), Some(50));
-        assert_eq!(quantile(&vec![0; LATENCY_BUCKETS], 0, 0.5), None);
+        assert_eq!(quantile(&[0; LATENCY_BUCKETS], 0, 0.5), None);
         h[LATENCY_BUCKETS - 1] = 100;
         assert_eq!(quantile(&h, 45_000, 0.95), Some(45_000));
     }
