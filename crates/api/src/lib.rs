@@ -213,7 +213,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(sources::list)
             .service(sources::get)
             .service(sources::update)
-            .service(sources::remove),
+            .service(sources::remove)
+            .service(metrics::webhook_metrics)
+            .service(metrics::packet_metrics)
+            .service(event_log::list_events)
+            .service(event_log::get_event)
+            .service(event_log::list_deliveries),
     );
 }
 

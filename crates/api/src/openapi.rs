@@ -9,7 +9,8 @@ use utoipa::Modify;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
 use crate::routes::{
-    self, admin, deliveries, event_types, events, ingest, keys, organization, sources, webhooks,
+    self, admin, deliveries, event_log, event_types, events, ingest, keys, metrics, organization,
+    sources, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -30,6 +31,8 @@ use crate::routes::{
         deliveries::history, deliveries::get_delivery, deliveries::retry, deliveries::recover, deliveries::test,
         sources::create, sources::list, sources::get, sources::update, sources::remove,
         ingest::hubble_push, ingest::signed_push, ingest::verify,
+        metrics::webhook_metrics, metrics::packet_metrics,
+        event_log::list_events, event_log::get_event, event_log::list_deliveries,
     ),
     components(schemas(crate::problem::Problem, crate::problem::FieldError)),
     modifiers(&SecuritySchemes, &CommonResponses),
@@ -43,6 +46,7 @@ use crate::routes::{
         (name = "events", description = "Publishing events"),
         (name = "deliveries", description = "Delivery history, attempts and redelivery"),
         (name = "sources", description = "What feeds an organization: Hubble packets (push or pull) and signed inbound webhooks"),
+        (name = "metrics", description = "Delivery and packet metrics per hour or day (scope metrics:read)"),
         (name = "ingest", description = "Ingest URLs called by senders, authenticated by the source's token or signature"),
     )
 )]

@@ -1,10 +1,10 @@
 //! `hookrelay admin` and `hookrelay migrate`: what an operator does from the shell. Output is
-//! JSON, so it scripts as well as it reads.
+//! JSON, so it scripts as well as it reads, except the rollup stats table (`admin stats --days`).
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use hookrelay_storage::{api_keys, organizations};
+use hookrelay_storage::{api_keys, metrics, organizations};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -22,8 +22,20 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: KeyCommand,
     },
-    /// Delivery stats per event for the last 24 h (seed 003's "Check Delivery Stats" query)
-    Stats,
+    /// Delivery stats. Without options: per event for the last 24 h (seed 003's "Check Delivery
+    /// Stats" query, as JSON). With --days, --interval or --org: attempts per period from the
+    /// hourly rollup, as a table (the figures of GET /api/v1/metrics/webhooks)
+    Stats {
+        /// Days back, the current one included (1–90; default 1)
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=90))]
+        days: Option<u32>,
+        /// Period width (default: hour up to 7 days, else day)
+        #[arg(long, value_parser = ["hour", "day"])]
+        interval: Option<String>,
+        /// One organization (default: all of them)
+        #[arg(long)]
+        org: Option<Uuid>,
+    },
     /// Creates a first organization and API key when none exists (what `make run` does)
     Bootstrap {
         /// Where to keep the first key's token, so later runs can show it again
@@ -178,7 +190,19 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             print(json!({"revoked": id}));
         }
         AdminCommand::Bootstrap { token_file } => bootstrap(&pool, token_file.as_deref()).await?,
-        AdminCommand::Stats => {
+        AdminCommand::Stats {
+            days,
+            interval,
+            org,
+        } if days.is_some() || interval.is_some() || org.is_some() => {
+            let days = days.unwrap_or(1);
+            let interval = interval
+                .as_deref()
+                .and_then(metrics::Interval::parse)
+                .unwrap_or(metrics::Interval::default_for(days));
+            print!("{}", rollup_stats(&pool, org, days, interval).await?);
+        }
+        AdminCommand::Stats { .. } => {
             let rows: Vec<(String, i64, f64, i64)> = sqlx::query_as(
                 "SELECT event, COUNT(*) AS total_deliveries, AVG(attempt_number)::float8 AS avg_attempts,
                         COUNT(CASE WHEN response_status >= 200 AND response_status < 300 THEN 1 END) AS successful
@@ -198,6 +222,59 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Attempts per period from the rollup, as a table with a total line; `-` where a rate or a
+/// latency has nothing to measure.
+pub async fn rollup_stats(
+    pool: &sqlx::PgPool,
+    org: Option<Uuid>,
+    days: u32,
+    interval: metrics::Interval,
+) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let periods = interval.periods(Utc::now(), days);
+    let mut counts = metrics::attempts_by_period_admin(pool, org, periods[0], interval).await?;
+    let rate = |ok: i64, all: i64| {
+        if all == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.2}", ok as f64 * 100.0 / all as f64)
+        }
+    };
+    let ms = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+    let mut out = format!(
+        "{:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}\n",
+        "period_start", "attempted", "successful", "failed", "success%", "p50_ms", "p95_ms"
+    );
+    let (mut all, mut ok, mut failed) = (0, 0, 0);
+    for start in periods {
+        let c = counts.remove(&start).unwrap_or_default();
+        all += c.attempts;
+        ok += c.successes;
+        failed += c.failures;
+        writeln!(
+            out,
+            "{:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            start.format("%Y-%m-%dT%H:%MZ"),
+            c.attempts,
+            c.successes,
+            c.failures,
+            rate(c.successes, c.attempts),
+            ms(c.quantile(0.5)),
+            ms(c.quantile(0.95)),
+        )?;
+    }
+    writeln!(
+        out,
+        "{:<20} {:>10} {:>10} {:>10} {:>8}",
+        "total",
+        all,
+        ok,
+        failed,
+        rate(ok, all)
+    )?;
+    Ok(out)
 }
 
 /// First run: an organization and a key. Later runs: the saved key, if it still works.

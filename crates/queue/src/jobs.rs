@@ -2,7 +2,7 @@
 //! `FOR UPDATE SKIP LOCKED`, committed before any HTTP call) fairly across organizations and
 //! webhooks, within each webhook's in-flight cap and rate limit; load what sending needs, and
 //! record outcomes in batches: every attempt row, the delivery's latest state, and the job's next
-//! step (deleted when finished, rescheduled for a retry). A record is accepted only from the
+//! step (deleted when finished, rescheduled for a retry), and the hourly metrics rollup. A record is accepted only from the
 //! worker that still holds the job at that attempt, so a worker whose lease ran out cannot
 //! overwrite a newer attempt.
 
@@ -350,6 +350,20 @@ pub async fn record(
     .bind(&k_next)
     .bind(&k_states)
     .execute(&mut *tx)
+    .await?;
+    // The hourly rollup the metrics API reads, in this transaction so it never drifts from the
+    // attempt rows: only attempts accepted above count.
+    hookrelay_storage::metrics::add_attempts(
+        &mut tx,
+        kept.iter()
+            .map(|r| hookrelay_storage::metrics::CountedAttempt {
+                org_id: r.job.org_id,
+                webhook_id: r.job.webhook_id,
+                started_at: r.started_at,
+                succeeded: r.outcome.succeeded(),
+                latency_ms: Some(i32::try_from(r.outcome.latency.as_millis()).unwrap_or(i32::MAX)),
+            }),
+    )
     .await?;
     update_health(&mut tx, &kept, health).await?;
     tx.commit().await?;

@@ -62,8 +62,11 @@ pub const MAX_LEASE_RESCUES: i32 = 3;
 /// more so a crash does not use up its retries — at most [`MAX_LEASE_RESCUES`] times; the next
 /// lost lease ends it `failed`, saying so. A worker that was only slow finds its attempt number
 /// taken and its late record refused by the unique (delivery, attempt) key.
+///
+/// Each recorded attempt is counted as a failure in the metrics rollup, in the same transaction.
 pub async fn rescue_expired_leases(pool: &PgPool, lease: Duration) -> Result<u64, QueueError> {
-    let done = sqlx::query(
+    let mut tx = pool.begin().await?;
+    let done: RescueRow = sqlx::query_as(
         "WITH expired AS (
              SELECT delivery_id, lease_expires_at, claimed_by FROM delivery_jobs
               WHERE state = 'running' AND lease_expires_at < now()
@@ -96,7 +99,8 @@ pub async fn rescue_expired_leases(pool: &PgPool, lease: Duration) -> Result<u64
                     0, r.lease_expires_at - make_interval(secs => $1)
                FROM rescued r JOIN webhooks w ON w.org_id = r.org_id AND w.id = r.webhook_id
               WHERE r.attempt >= 1
-             ON CONFLICT (org_id, delivery_id, attempt_number) DO NOTHING),
+             ON CONFLICT (org_id, delivery_id, attempt_number) DO NOTHING
+             RETURNING org_id, webhook_id, started_at),
          noted AS (
              UPDATE webhook_deliveries d
                 SET attempt_number = greatest(d.attempt_number, r.attempt), last_error = r.error,
@@ -104,15 +108,43 @@ pub async fn rescue_expired_leases(pool: &PgPool, lease: Duration) -> Result<u64
                     next_attempt_at = CASE WHEN r.abandoned THEN NULL ELSE d.next_attempt_at END
                FROM rescued r
               WHERE d.org_id = r.org_id AND d.id = r.delivery_id AND d.status NOT IN ('sent', 'failed', 'cancelled'))
-         SELECT count(*) FROM rescued",
+         SELECT (SELECT count(*) FROM rescued), array_agg(org_id), array_agg(webhook_id), array_agg(started_at)
+           FROM recorded",
     )
     .bind(lease.as_secs_f64())
     .bind(MAX_LEASE_RESCUES)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
-    let rescued: i64 = sqlx::Row::get(&done, 0);
+    let (rescued, orgs, hooks, started) = done;
+    // A second statement, after the rows above are locked: the record path also locks its
+    // deliveries before the rollup, so the two cannot wait on each other in opposite orders.
+    let recorded = orgs
+        .unwrap_or_default()
+        .into_iter()
+        .zip(hooks.unwrap_or_default())
+        .zip(started.unwrap_or_default())
+        .map(
+            |((org_id, webhook_id), started_at)| hookrelay_storage::metrics::CountedAttempt {
+                org_id,
+                webhook_id,
+                started_at,
+                succeeded: false,
+                latency_ms: None,
+            },
+        );
+    hookrelay_storage::metrics::add_attempts(&mut tx, recorded).await?;
+    tx.commit().await?;
     Ok(u64::try_from(rescued).unwrap_or(0))
 }
+
+/// What the rescue statement returns: how many leases it rescued, and the attempts it recorded
+/// (organization, webhook, start) for the rollup.
+type RescueRow = (
+    i64,
+    Option<Vec<uuid::Uuid>>,
+    Option<Vec<uuid::Uuid>>,
+    Option<Vec<chrono::DateTime<Utc>>>,
+);
 
 /// Deletes finished deliveries (and, by cascade, their attempts) created before `cutoff`.
 pub async fn prune_deliveries(
@@ -139,7 +171,7 @@ pub async fn prune_deliveries(
     }
 }
 
-/// Events, packet fingerprints and idempotency keys past their time.
+/// Events, packet fingerprints, metric rollups and idempotency keys past their time.
 async fn prune_before(pool: &PgPool, cutoff: chrono::DateTime<Utc>) -> Result<(), QueueError> {
     sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < now()")
         .execute(pool)
@@ -147,6 +179,11 @@ async fn prune_before(pool: &PgPool, cutoff: chrono::DateTime<Utc>) -> Result<()
     for statement in [
         "DELETE FROM ingested_packets WHERE ctid = ANY(ARRAY(
              SELECT ctid FROM ingested_packets WHERE created_at < $1 LIMIT $2))",
+        // The rollups go with the history they summarize.
+        "DELETE FROM webhook_metrics_hourly WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM webhook_metrics_hourly WHERE hour < $1 LIMIT $2))",
+        "DELETE FROM source_packet_metrics_hourly WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM source_packet_metrics_hourly WHERE hour < $1 LIMIT $2))",
         "DELETE FROM events WHERE id IN (
              SELECT e.id FROM events e WHERE e.created_at < $1
                 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.org_id = e.org_id AND d.event_id = e.id)

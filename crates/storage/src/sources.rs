@@ -300,7 +300,8 @@ pub struct Ingested {
 /// transaction so the ledger and the events commit together. A packet already in the ledger,
 /// or twice in `packets`, is a duplicate. Concurrent ingests of the same packet serialise on the
 /// ledger's primary key, so it is published once. Given the packets by value, each packet's data
-/// is moved into its event, never copied.
+/// is moved into its event, never copied. The packets are counted in
+/// `source_packet_metrics_hourly` (received, accepted, duplicates), in the same transaction.
 pub async fn record_packets<'p>(
     conn: &mut PgConnection,
     org_id: Uuid,
@@ -369,6 +370,12 @@ pub async fn record_packets<'p>(
         }
         publish_owned_with_ids(&mut *conn, org_id, chunk, &chunk_ids, max_attempts).await?;
     }
+    // Counted with the packets themselves: if the ingest rolls back, so does its count.
+    let (accepted_n, duplicates_n) = (
+        i64::try_from(accepted).unwrap_or(i64::MAX),
+        i64::try_from(total - accepted).unwrap_or(i64::MAX),
+    );
+    crate::metrics::add_packets(&mut *conn, org_id, source_id, accepted_n, duplicates_n).await?;
     Ok(Ingested {
         accepted,
         duplicates: total - accepted,

@@ -2,11 +2,13 @@
 
 pub mod admin;
 pub mod deliveries;
+pub mod event_log;
 pub mod event_types;
 pub mod events;
 pub mod health;
 pub mod ingest;
 pub mod keys;
+pub mod metrics;
 pub mod organization;
 pub mod sources;
 pub mod webhooks;
