@@ -24,6 +24,10 @@ struct Measured {
     /// Rows the stats query counted.
     rows_in_24h: i64,
     query_ms: Vec<f64>,
+    /// `GET /metrics/webhooks` for a whole organization, a day hourly (its rollup query).
+    metrics_ms: Vec<f64>,
+    /// `GET /deliveries?status=failed`, one page (its query).
+    failed_page_ms: Vec<f64>,
     drain: Drain,
 }
 
@@ -53,6 +57,38 @@ async fn measure_on(b: &Bench, svc: &Service, backlog: i64) -> anyhow::Result<Me
         query_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
         rows_in_24h = groups.iter().map(|g| g.1).sum();
     }
+    // The operations API's reads, on the organization with the most history (none on 0 rows).
+    let busiest: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT org_id FROM webhook_deliveries GROUP BY org_id ORDER BY count(*) DESC LIMIT 1",
+    )
+    .fetch_optional(&svc.pool)
+    .await?;
+    let busiest = busiest.unwrap_or_else(uuid::Uuid::new_v4);
+    let (mut metrics_ms, mut failed_page_ms) = (Vec::new(), Vec::new());
+    let day_ago = chrono::Utc::now() - chrono::Duration::days(1);
+    let failed = hookrelay_storage::event_log::DeliveryFilter {
+        status: Some("failed".into()),
+        ..Default::default()
+    };
+    let page = hookrelay_storage::page::PageRequest {
+        limit: 100,
+        after: None,
+    };
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        hookrelay_storage::metrics::attempts_by_period(
+            &svc.pool,
+            busiest,
+            None,
+            day_ago,
+            hookrelay_storage::metrics::Interval::Hour,
+        )
+        .await?;
+        metrics_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let t0 = Instant::now();
+        hookrelay_storage::event_log::list_deliveries(&svc.pool, busiest, &failed, &page).await?;
+        failed_page_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
     let org = svc
         .org(&format!("bench-history-{}", std::process::id()))
         .await?;
@@ -79,6 +115,8 @@ async fn measure_on(b: &Bench, svc: &Service, backlog: i64) -> anyhow::Result<Me
         rows,
         rows_in_24h,
         query_ms,
+        metrics_ms,
+        failed_page_ms,
         drain: result?,
     })
 }
@@ -173,6 +211,28 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
         .lower_is_better()
         .ceiling(median(&empty.query_ms), "the same query on 0 rows"),
     );
+    r.row(
+        Row::new(
+            "history_metrics_full",
+            format!("GET /metrics/webhooks (org, 24 h hourly), {rows}, median of 5"),
+            median(&full.metrics_ms),
+            "ms",
+        )
+        .lower_is_better()
+        .ceiling(median(&empty.metrics_ms), "the same on 0 rows")
+        .goal(Goal::AtMost(100.0)),
+    );
+    r.row(
+        Row::new(
+            "history_failed_page_full",
+            format!("GET /deliveries?status=failed (a page), {rows}, median of 5"),
+            median(&full.failed_page_ms),
+            "ms",
+        )
+        .lower_is_better()
+        .ceiling(median(&empty.failed_page_ms), "the same on 0 rows")
+        .goal(Goal::AtMost(50.0)),
+    );
     r.row(Row::new(
         "history_delivery_0",
         format!(
@@ -198,6 +258,8 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
             "rows_in_last_24h": m.rows_in_24h,
             "query_ms": m.query_ms,
             "query_median_ms": median(&m.query_ms),
+            "metrics_api_ms": m.metrics_ms,
+            "failed_page_ms": m.failed_page_ms,
             "drain": m.drain,
         })
     };
