@@ -213,11 +213,14 @@ impl Modify for ExactSchemas {
 /// schemathesis' stateful phase) can follow an id from one answer to the next request.
 struct Links;
 
+/// Links to add: (name, target path under /api/v1, target method).
+type Targets = &'static [(&'static str, &'static str, &'static str)];
+
 impl Modify for Links {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{RefOr, link::LinkBuilder};
         const V1: &str = "/api/v1";
-        let on_webhook = [
+        const ON_WEBHOOK: Targets = &[
             ("GetWebhook", "/webhooks/{id}", "get"),
             ("UpdateWebhook", "/webhooks/{id}", "patch"),
             ("DeleteWebhook", "/webhooks/{id}", "delete"),
@@ -231,10 +234,10 @@ impl Modify for Links {
             ("RecoverWebhookDeliveries", "/webhooks/{id}/recover", "post"),
             ("TestWebhook", "/webhooks/{id}/test", "post"),
         ];
-        let plan: [(&str, &str, &str, &str, &str, &[(&str, &str, &str)]); 5] = [
+        // (POST path, answer's status, parameter, where the answer holds it, targets)
+        let plan: [(&str, &str, &str, &str, Targets); 5] = [
             (
                 "/keys",
-                "post",
                 "201",
                 "id",
                 "$response.body#/id",
@@ -244,17 +247,9 @@ impl Modify for Links {
                     ("RevokeKey", "/keys/{id}", "delete"),
                 ],
             ),
-            (
-                "/webhooks",
-                "post",
-                "201",
-                "id",
-                "$response.body#/id",
-                &on_webhook,
-            ),
+            ("/webhooks", "201", "id", "$response.body#/id", ON_WEBHOOK),
             (
                 "/sources",
-                "post",
                 "201",
                 "id",
                 "$response.body#/id",
@@ -266,7 +261,6 @@ impl Modify for Links {
             ),
             (
                 "/event-types",
-                "post",
                 "201",
                 "name",
                 "$response.body#/name",
@@ -274,7 +268,6 @@ impl Modify for Links {
             ),
             (
                 "/webhooks/{id}/test",
-                "post",
                 "200",
                 "id",
                 "$response.body#/delivery_id",
@@ -284,16 +277,14 @@ impl Modify for Links {
                 ],
             ),
         ];
-        for (path, method, status, parameter, expression, targets) in plan {
+        for (path, status, parameter, expression, targets) in plan {
             let Some(item) = openapi.paths.paths.get_mut(&format!("{V1}{path}")) else {
                 continue;
             };
-            let operation = match method {
-                "post" => item.post.as_mut(),
-                _ => None,
-            };
-            let Some(RefOr::T(response)) =
-                operation.and_then(|o| o.responses.responses.get_mut(status))
+            let Some(RefOr::T(response)) = item
+                .post
+                .as_mut()
+                .and_then(|o| o.responses.responses.get_mut(status))
             else {
                 continue;
             };

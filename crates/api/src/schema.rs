@@ -385,7 +385,7 @@ mod tests {
 
     /// The generated alternation only uses `[xX]`, `-`, `.*`, `|`, `^`, `$` and groups: a tiny
     /// backtracking matcher over those is enough to check it without a regex dependency.
-    fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool {
+    fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool + use<> {
         let inner = pattern
             .strip_prefix("^(")
             .and_then(|p| p.strip_suffix(")$"))
