@@ -4,7 +4,9 @@ SHELL := bash
 .PHONY: help run test conformance bench bench-history lint fmt openapi stop-db clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+		'{ name[NR] = $$1; text[NR] = $$2; if (length($$1) > width) width = length($$1) } \
+		END { fmt = "  make %-" width "s  %s\n"; for (i = 1; i <= NR; i++) printf fmt, name[i], text[i] }'
 
 run: ## build and start `hookrelay serve` on 127.0.0.1:8080 (private PostgreSQL unless DATABASE_URL is reachable)
 	@scripts/run.sh

@@ -252,7 +252,8 @@ async fn webhook_crud_round_trip() {
         ("max_batch_size", json!(100)),
         ("payload_format", json!("hubble")),
         ("rate_limit_per_second", json!(50)),
-        ("headers", json!({"X-Partner": "a"})),
+        // Header values are write-only: shown masked, names kept.
+        ("headers", json!({"X-Partner": "••••"})),
         ("events", json!(["device.*", "user.created"])),
     ] {
         assert_eq!(created[field], value, "{field}");
@@ -944,7 +945,11 @@ async fn organizations_are_rate_limited_separately() {
             .unwrap();
         statuses.push(resp.status().as_u16());
         if resp.status() == 200 {
-            assert_eq!(resp.headers()["x-ratelimit-limit"], "2");
+            assert_eq!(
+                resp.headers()["x-ratelimit-limit"],
+                "4",
+                "the bucket: twice the rate"
+            );
             assert!(resp.headers().contains_key("x-ratelimit-remaining"));
             assert!(resp.headers().contains_key("x-ratelimit-reset"));
         }
@@ -995,6 +1000,17 @@ async fn every_route_checks_its_scope() {
     )
     .await;
     let key_id = check["key_id"].as_str().unwrap().to_owned();
+    // A key may change only keys holding no scope it lacks: the PATCH target holds just the
+    // scope that route needs.
+    let (_, narrow) = status_json(
+        app.req(Method::POST, "/api/v1/keys", &org.token)
+            .json(&json!({"name": "narrow", "scopes": ["api_keys:write"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let narrow_key_id = narrow["id"].as_str().unwrap().to_owned();
     let source_id = create_source(&app, &org).await;
     let routes: Vec<(Method, String, &str, Option<serde_json::Value>)> = vec![
         (
@@ -1060,7 +1076,7 @@ async fn every_route_checks_its_scope() {
         ),
         (
             Method::PATCH,
-            format!("/api/v1/keys/{key_id}"),
+            format!("/api/v1/keys/{narrow_key_id}"),
             "api_keys:write",
             Some(json!({"name": "renamed"})),
         ),

@@ -90,7 +90,8 @@ pub fn test_env(db: &TestDb) -> HashMap<String, String> {
     ])
 }
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// At least 32 characters, as `HOOKRELAY_ADMIN_TOKEN` requires.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghijkl";
 
 /// The real service on 127.0.0.1, port 0.
 pub struct TestApp {

@@ -17,7 +17,7 @@ use crate::ApiState;
 use crate::problem::ApiError;
 use crate::rate_limit::Decision;
 
-fn bearer(req: &HttpRequest) -> Option<&str> {
+pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -86,8 +86,18 @@ pub async fn org_middleware(
     tracing::Span::current().record("org_id", tracing::field::display(key.org_id));
 
     let decision = state.rate_limiter.check(key.org_id);
-    if let Decision::Limited { retry_after_secs } = decision {
-        return Err(ApiError::RateLimited { retry_after_secs }.into());
+    if let Decision::Limited {
+        limit,
+        retry_after_secs,
+        reset_secs,
+    } = decision
+    {
+        return Err(ApiError::RateLimited {
+            limit,
+            retry_after_secs,
+            reset_secs,
+        }
+        .into());
     }
     if key
         .last_used_at
@@ -111,16 +121,34 @@ pub async fn org_middleware(
         reset_secs,
     } = decision
     {
-        let headers = response.headers_mut();
-        for (name, value) in [
-            ("x-ratelimit-limit", limit),
-            ("x-ratelimit-remaining", u64::from(remaining)),
-            ("x-ratelimit-reset", reset_secs),
-        ] {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
-        }
+        rate_limit_headers(response.headers_mut(), limit, remaining, reset_secs);
     }
     Ok(response)
+}
+
+/// `X-RateLimit-*`: the bucket's size, what is left of it, and seconds until it is full again.
+fn rate_limit_headers(
+    headers: &mut actix_web::http::header::HeaderMap,
+    limit: u32,
+    remaining: u32,
+    reset_secs: u64,
+) {
+    for (name, value) in [
+        ("x-ratelimit-limit", u64::from(limit)),
+        ("x-ratelimit-remaining", u64::from(remaining)),
+        ("x-ratelimit-reset", reset_secs),
+    ] {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+}
+
+/// Whether the request's bearer token is `expected` (compared in constant time); never when
+/// nothing is expected.
+pub(crate) fn token_matches(expected: Option<&str>, req: &HttpRequest) -> bool {
+    match (expected, bearer(req)) {
+        (Some(expected), Some(given)) => bool::from(expected.as_bytes().ct_eq(given.as_bytes())),
+        _ => false,
+    }
 }
 
 /// The operator, authorized by `HOOKRELAY_ADMIN_TOKEN`. With no admin token configured the admin
@@ -136,16 +164,12 @@ impl FromRequest for Admin {
         let state = req
             .app_data::<web::Data<ApiState>>()
             .expect("ApiState is registered");
-        let allowed = match (&state.settings.admin_token, bearer(req)) {
-            (Some(expected), Some(given)) => {
-                bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
-            }
-            _ => false,
-        };
-        ready(if allowed {
-            Ok(Admin)
-        } else {
-            Err(ApiError::Unauthorized)
-        })
+        ready(
+            if token_matches(state.settings.admin_token.as_deref(), req) {
+                Ok(Admin)
+            } else {
+                Err(ApiError::Unauthorized)
+            },
+        )
     }
 }

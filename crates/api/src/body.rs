@@ -54,7 +54,7 @@ where
         let mut body = web::BytesMut::new();
         while let Some(chunk) = payload.next().await {
             let chunk = chunk
-                .map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+                .map_err(|e| ApiError::malformed_body(format!("reading the body failed: {e}")))?;
             if body.len() + chunk.len() > limit {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
@@ -96,7 +96,7 @@ fn is_json(req: &HttpRequest) -> bool {
 /// Deserializes `bytes`, naming the field that failed.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::malformed_body(
             "the request body is empty; a JSON object is expected",
         ));
     }
@@ -112,7 +112,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             let path = err.path().to_string();
             let inner = err.into_inner();
             if inner.is_syntax() || inner.is_eof() {
-                return Err(ApiError::bad_request(format!("malformed JSON: {inner}")));
+                return Err(ApiError::malformed_body(format!("malformed JSON: {inner}")));
             }
             let field = if path == "." { "body".to_owned() } else { path };
             let message = inner.to_string();
@@ -125,7 +125,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
     };
     de.end()
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        .map_err(|e| ApiError::malformed_body(format!("malformed JSON: {e}")))?;
     reject_nul(bytes)?;
     Ok(value)
 }
@@ -161,7 +161,7 @@ fn reject_nul(bytes: &[u8]) -> Result<(), ApiError> {
         }
     }
     let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        .map_err(|e| ApiError::malformed_body(format!("malformed JSON: {e}")))?;
     match find(&value, &mut String::new()) {
         Some(path) => Err(ApiError::invalid_field(
             path.trim_start_matches('.')

@@ -8,6 +8,7 @@ pub mod body;
 pub mod key_cache;
 pub mod openapi;
 pub mod problem;
+pub mod query;
 pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
@@ -29,6 +30,8 @@ pub struct ApiSettings {
     pub max_body: usize,
     /// Bearer token for `/api/v1/admin/*`; `None` turns the admin API off.
     pub admin_token: Option<String>,
+    /// Bearer token `/metrics` requires; `None` leaves it open.
+    pub metrics_token: Option<String>,
     pub allow_http: bool,
     pub allow_private_targets: bool,
     /// API requests per second per organization; 0 turns rate limiting off.
@@ -54,6 +57,7 @@ impl Default for ApiSettings {
         Self {
             max_body: 1024 * 1024,
             admin_token: None,
+            metrics_token: None,
             allow_http: false,
             allow_private_targets: false,
             org_rate_limit: 1000,
@@ -137,13 +141,26 @@ impl ApiState {
 /// Routes and per-route configuration, shared by the server and by tests that build an `App`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use routes::*;
+    // Handlers read query strings through `query::Query`; this covers any `web::Query` left.
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
-        ApiError::bad_request(format!("invalid query string: {err}")).into()
+        let message = match &err {
+            actix_web::error::QueryPayloadError::Deserialize(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        ApiError::invalid_field("query", message).into()
     }))
-    // A path id that is not a UUID names nothing that exists.
     // A path id that is not a UUID names nothing that exists; but a literal path such as
     // `/keys/check` reached through `/keys/{id}` with another method is a 405.
     .app_data(web::PathConfig::default().error_handler(|_, req| {
+        // A NUL is refused as such wherever a path parameter holds it (§7), not taken for an id.
+        if let Some((name, _)) = req
+            .match_info()
+            .iter()
+            .find(|(_, value)| value.contains('\0') || value.to_ascii_lowercase().contains("%00"))
+        {
+            return ApiError::invalid_field(name, "must not contain the NUL character (%00)")
+                .into();
+        }
         match openapi::allowed_methods(req.path()) {
             Some(methods) if !methods.contains(&req.method().as_str()) => {
                 ApiError::MethodNotAllowed(methods.join(", ")).into()

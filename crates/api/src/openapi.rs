@@ -382,5 +382,15 @@ pub fn json() -> String {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document()));
+    // Swagger UI resolves its assets relative to `/docs/`; `/docs` (what people type, and what
+    // `make run` prints) is sent there.
+    cfg.route(
+        "/docs",
+        web::get().to(|| async {
+            actix_web::HttpResponse::PermanentRedirect()
+                .insert_header((actix_web::http::header::LOCATION, "/docs/"))
+                .finish()
+        }),
+    )
+    .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document()));
 }

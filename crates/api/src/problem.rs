@@ -57,6 +57,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("this key lacks the scope {0}")]
     Forbidden(String),
+    /// A 403 whose reason is not a missing scope (key hygiene: a key cannot outlive or outrank
+    /// the key that manages it).
+    #[error("{0}")]
+    ForbiddenBecause(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("method not allowed; this path allows {0}")]
@@ -70,7 +74,12 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        /// The bucket's size, and seconds until it is full again, for `X-RateLimit-*`.
+        limit: u32,
+        retry_after_secs: u64,
+        reset_secs: u64,
+    },
     /// A per-organization cap (webhooks, sources, API keys) is reached.
     #[error("{0}")]
     LimitReached(String),
@@ -94,6 +103,16 @@ impl ApiError {
         }
     }
 
+    /// A body that is not the JSON expected at all (empty, malformed, cut short): the whole body
+    /// is at fault, so `errors[]` names `body`.
+    pub fn malformed_body(detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        Self::BadRequest {
+            errors: vec![FieldError::new("body", detail.clone())],
+            detail,
+        }
+    }
+
     pub fn invalid(errors: Vec<FieldError>) -> Self {
         let detail = match errors.as_slice() {
             [one] => format!("{}: {}", one.field, one.message),
@@ -111,7 +130,7 @@ impl ApiError {
             Self::BadRequest { .. } => ("invalid-request", "Invalid request"),
             Self::Unprocessable { .. } => ("unprocessable", "Unprocessable content"),
             Self::Unauthorized => ("unauthorized", "Unauthorized"),
-            Self::Forbidden(_) => ("forbidden", "Forbidden"),
+            Self::Forbidden(_) | Self::ForbiddenBecause(_) => ("forbidden", "Forbidden"),
             Self::NotFound(_) => ("not-found", "Not found"),
             Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             Self::Conflict(_) => ("conflict", "Conflict"),
@@ -126,6 +145,34 @@ impl ApiError {
             Self::Internal(_) => ("internal", "Internal server error"),
         }
     }
+}
+
+/// The request field a database check constraint guards, and what it requires; `None` for the
+/// constraints no request can break (their names stay in the logs).
+fn constraint_field(constraint: &str) -> Option<(&'static str, &'static str)> {
+    Some(match constraint {
+        "organizations_name_check" | "api_keys_name_check" | "sources_name_check" => {
+            ("name", "1 to 200 characters")
+        }
+        "event_types_name_check" => (
+            "name",
+            "lowercase letters, digits and _, in dot-separated parts; at most 100 characters",
+        ),
+        "webhooks_url_check" => ("url", "at most 2048 characters once normalised"),
+        "webhooks_events_check" => ("events", "at least one event type, or \"*\" for all"),
+        "webhooks_max_batch_size_check" => ("max_batch_size", "must be between 1 and 1000"),
+        "webhooks_rate_limit_per_second_check" => {
+            ("rate_limit_per_second", "must be between 1 and 10000")
+        }
+        "webhooks_metadata_check" => ("metadata", "must be an object"),
+        "webhooks_headers_check" => ("headers", "must be an object"),
+        "webhooks_filter_check" => ("filter", "must be an object"),
+        "webhooks_payload_format_check" => ("payload_format", "envelope or hubble"),
+        "idempotency_keys_key_check" => ("idempotency_key", "1 to 255 characters"),
+        "sources_check" => ("event_type", "required for a signed source"),
+        "sources_check1" => ("pull", "base_url and api_token go together"),
+        _ => return None,
+    })
 }
 
 /// Maps storage's `NotFound` to a 404 naming `what`; every other error as [`From`] does.
@@ -178,10 +225,33 @@ impl From<StorageError> for ApiError {
                 tracing::warn!(error = %err, "a statement ran past statement_timeout");
                 Self::StatementTimeout
             }
-            StorageError::Invalid { constraint } => Self::Unprocessable {
-                detail: format!("the request violates {constraint}"),
-                errors: Vec::new(),
+            StorageError::Invalid { constraint } => match constraint_field(&constraint) {
+                Some((field, message)) => Self::invalid_field(field, message),
+                None => {
+                    // Validation should have caught it first: worth a look, not worth a 500.
+                    tracing::warn!(%constraint, "a write broke a database constraint");
+                    Self::Unprocessable {
+                        detail: "the request breaks a rule of the stored data".into(),
+                        errors: vec![FieldError::new(
+                            "request",
+                            "breaks a rule of the stored data",
+                        )],
+                    }
+                }
             },
+            StorageError::InvalidData { sqlstate, source } => {
+                // The database's own message may quote the caller's data or the schema: logged,
+                // never sent.
+                tracing::warn!(%sqlstate, error = %source, "a value the database cannot hold");
+                let message = match sqlstate.as_str() {
+                    "22021" => "text must not contain the NUL character (\\u0000)",
+                    "22003" => "a number is out of the range the service stores",
+                    "22008" => "a date or time is out of the range the service stores",
+                    "22001" => "a text is longer than the service stores",
+                    _ => "a value cannot be stored",
+                };
+                Self::invalid_field("request", message)
+            }
             err if err.is_transient() => {
                 tracing::warn!(error = %err, cause = ?std::error::Error::source(&err), "database unavailable");
                 Self::Unavailable
@@ -197,7 +267,7 @@ impl ResponseError for ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::ForbiddenBecause(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -220,6 +290,12 @@ impl ResponseError for ApiError {
         let (kind, title) = self.kind_and_title();
         let status = self.status_code();
         let errors = match self {
+            // Every 400 and 422 names what is wrong (§7); `request` when no one field is.
+            Self::BadRequest { errors, detail } | Self::Unprocessable { errors, detail }
+                if errors.is_empty() =>
+            {
+                vec![FieldError::new("request", detail.clone())]
+            }
             Self::BadRequest { errors, .. } | Self::Unprocessable { errors, .. } => errors.clone(),
             _ => Vec::new(),
         };
@@ -234,8 +310,19 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         match self {
-            Self::RateLimited { retry_after_secs } => {
+            Self::RateLimited {
+                limit,
+                retry_after_secs,
+                reset_secs,
+            } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+                for (name, value) in [
+                    ("x-ratelimit-limit", u64::from(*limit)),
+                    ("x-ratelimit-remaining", 0),
+                    ("x-ratelimit-reset", *reset_secs),
+                ] {
+                    response.insert_header((name, value));
+                }
             }
             Self::Unavailable | Self::Overloaded | Self::StatementTimeout => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));

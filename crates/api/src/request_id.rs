@@ -1,8 +1,11 @@
 //! `X-Request-ID` on every response (the caller's, else a new one), one tracing span per request,
-//! and the request id made available to error responses through a task-local.
+//! and the request id made available to error responses through a task-local. Errors that inner
+//! middleware return (401 from authentication, 429, the 503 of load shedding) are rendered here,
+//! inside the task-local's scope, so their problem carries the same id as the header.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::InternalError;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use tracing::Instrument;
@@ -42,11 +45,40 @@ pub async fn middleware(
         status = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
+    let header = HeaderValue::from_str(&id).ok();
+    let handled = async {
+        match next.call(req).await {
+            Ok(mut response) => {
+                if let Some(value) = &header {
+                    response
+                        .headers_mut()
+                        .insert(HeaderName::from_static(HEADER), value.clone());
+                }
+                Ok(response)
+            }
+            // Actix would render the error after this middleware has returned, outside the
+            // task-local's scope and without the header; it is rendered now instead.
+            Err(err) => {
+                let mut rendered = err.error_response();
+                if let Some(value) = &header {
+                    rendered
+                        .headers_mut()
+                        .insert(HeaderName::from_static(HEADER), value.clone());
+                }
+                Err(actix_web::Error::from(InternalError::from_response(
+                    err, rendered,
+                )))
+            }
+        }
+    };
     let result = REQUEST_ID
-        .scope(id.clone(), next.call(req).instrument(span.clone()))
+        .scope(id.clone(), handled.instrument(span.clone()))
         .await;
-    let mut response = result?;
-    let status = response.status().as_u16();
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(err) => err.as_response_error().status_code(),
+    }
+    .as_u16();
     span.record("status", status);
     span.in_scope(|| {
         tracing::debug!(
@@ -55,10 +87,5 @@ pub async fn middleware(
             "answered"
         )
     });
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(HEADER), value);
-    }
-    Ok(response)
+    result
 }

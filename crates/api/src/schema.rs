@@ -8,6 +8,7 @@ use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::schema::Object;
 
 use crate::validate;
+use hookrelay_storage::credentials::MASKED_HEADER_VALUE;
 
 /// Any string without NUL.
 pub const NO_NUL: &str = r"^[^\u0000]*$";
@@ -19,10 +20,11 @@ pub const EVENT_NAME: &str = r"^[a-z0-9_]+(\.[a-z0-9_]+)*$";
 pub const EVENT_PATTERN: &str = r"^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$";
 /// 16–512 visible ASCII characters: a source's token or secret.
 pub const CREDENTIAL: &str = r"^[!-~]{16,512}$";
-/// The URL the server stores as given: an `http(s)` scheme, a DNS name whose last label starts
+/// The URL the server stores as given: an `http(s)` scheme, optional credentials (`user:pass@`,
+/// characters kept as they are), a DNS name whose last label starts
 /// with a letter (an all-digit last label is parsed as an IPv4 address), an optional port, and a
 /// path and query of characters that normalisation keeps as they are.
-pub const URL: &str = r"^https?://([A-Za-z0-9]+(-[A-Za-z0-9]+)*\.)*[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)?(\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$";
+pub const URL: &str = r"^https?://([A-Za-z0-9._~!$&'()*+,-]+(:[A-Za-z0-9._~!$&'()*+,-]*)?@)?([A-Za-z0-9]+(-[A-Za-z0-9]+)*\.)*[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)?(\?[A-Za-z0-9._~!$&()*+,;=:@/?-]*)?$";
 /// Normalising adds a `/` to a URL without a path: one character less than the stored maximum.
 pub const URL_MAX: usize = validate::MAX_URL_LEN - 1;
 /// `whsec_` + base64 (standard alphabet, padding optional, canonical last symbol) of 24 to 64
@@ -147,7 +149,9 @@ fn url_value(nullable_: bool, description: &str) -> Value {
 
 const WEBHOOK_URL: &str = "Absolute URL of the receiver. `https://`; `http://` only with \
     HOOKRELAY_ALLOW_HTTP=true. A host resolving to a private, loopback or link-local address is \
-    refused (400) unless HOOKRELAY_ALLOW_PRIVATE_TARGETS=true.";
+    refused (400) unless HOOKRELAY_ALLOW_PRIVATE_TARGETS=true. Credentials (`user:pass@`) are \
+    stored encrypted and shown masked (`user:****@`); sending the masked form back keeps them \
+    (422 when none are stored).";
 
 pub fn webhook_url() -> Object {
     from_json(url_value(false, WEBHOOK_URL))
@@ -257,30 +261,49 @@ fn reserved_header_pattern() -> String {
     };
     let exact: Vec<String> = validate::RESERVED_HEADERS
         .iter()
+        .chain(validate::HOP_BY_HOP_HEADERS)
         .map(|h| case_insensitive(h))
         .collect();
     let prefixes: Vec<String> = validate::RESERVED_HEADER_PREFIXES
         .iter()
+        .chain(validate::HOP_BY_HOP_PREFIXES)
         .map(|p| format!("{}.*", case_insensitive(p)))
         .collect();
     format!("^({}|{})$", exact.join("|"), prefixes.join("|"))
 }
 
-fn headers(nullable_: bool) -> Value {
-    nullable(
-        json!({
-            "type": "object",
-            "description": "Extra request headers sent with every delivery. hookrelay's own \
-                (Content-Type, Host, webhook-*, …) cannot be overridden.",
-            "maxProperties": validate::MAX_HEADERS,
-            "propertyNames": {"pattern": HEADER_NAME, "not": {"pattern": reserved_header_pattern()}},
-            "additionalProperties": {"type": "string", "maxLength": validate::MAX_HEADER_VALUE, "pattern": HEADER_VALUE},
-        }),
-        nullable_,
-    )
+fn headers(masked: bool) -> Value {
+    let value =
+        json!({"type": "string", "maxLength": validate::MAX_HEADER_VALUE, "pattern": HEADER_VALUE});
+    let (value, keep) = if masked {
+        (
+            json!({"anyOf": [value, {"type": "string", "const": MASKED_HEADER_VALUE}]}),
+            format!(
+                " Replaces the whole map; a value sent as `{MASKED_HEADER_VALUE}` (as reads show \
+                 it) keeps the stored value of that header (422 when there is none)."
+            ),
+        )
+    } else {
+        (value, String::new())
+    };
+    json!({
+        "type": ["object", "null"],
+        "description": format!(
+            "Extra request headers sent with every delivery, stored encrypted and shown masked. \
+             hookrelay's own (Content-Type, Host, webhook-*, …) and hop-by-hop ones (Connection, \
+             Upgrade, TE, Expect, Keep-Alive, Proxy-*, Transfer-Encoding) cannot be set.{keep}"
+        ),
+        "maxProperties": validate::MAX_HEADERS,
+        "propertyNames": {"pattern": HEADER_NAME, "not": {"pattern": reserved_header_pattern()}},
+        "additionalProperties": value,
+    })
 }
 
-pub fn headers_opt() -> Object {
+pub fn headers_create() -> Object {
+    from_json(headers(false))
+}
+
+pub fn headers_update() -> Object {
     from_json(headers(true))
 }
 

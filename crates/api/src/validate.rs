@@ -3,6 +3,7 @@
 
 use hookrelay_queue::target::{TargetError, resolve_allowed};
 use hookrelay_storage::catalog;
+use hookrelay_storage::credentials::{self, MASKED_HEADER_VALUE, MASKED_PASSWORD};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -25,13 +26,24 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "content-length",
     "host",
     "user-agent",
-    "transfer-encoding",
-    "connection",
     "http-x-hubble-token",
     "x-event-type",
 ];
 /// Header name prefixes the service sets itself (signatures, ids, timestamps).
 pub const RESERVED_HEADER_PREFIXES: &[&str] = &["webhook-", "x-webhook-"];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and those that change how the request is framed or
+/// negotiated: they describe one connection, not the request, so a receiver behind a proxy
+/// would never see them and a direct one could be confused. `Proxy-*` is matched as a prefix.
+pub const HOP_BY_HOP_HEADERS: &[&str] = &[
+    "connection",
+    "upgrade",
+    "te",
+    "expect",
+    "keep-alive",
+    "transfer-encoding",
+];
+pub const HOP_BY_HOP_PREFIXES: &[&str] = &["proxy-"];
 
 /// Keeps a field's value, or records its error so every problem is reported at once.
 pub fn collect<T>(result: Result<T, FieldError>, errors: &mut Vec<FieldError>) -> Option<T> {
@@ -58,6 +70,14 @@ pub async fn url(raw: &str, settings: &ApiSettings) -> Result<String, FieldError
         .host_str()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| err("has no host".into()))?;
+    // Parsing percent-encodes what a URL may not hold as is (`<` becomes `%3C`): the normalised
+    // form is what is stored and sent, so it is what must fit.
+    if parsed.as_str().len() > MAX_URL_LEN {
+        return Err(err(format!(
+            "at most {MAX_URL_LEN} characters once normalised (this one has {})",
+            parsed.as_str().len()
+        )));
+    }
     let port = parsed.port_or_known_default().unwrap_or(443);
     match resolve_allowed(host, port, settings.allow_private_targets).await {
         Ok(_) => {}
@@ -126,6 +146,14 @@ pub fn headers(headers: &BTreeMap<String, String>) -> Result<Value, FieldError> 
         if actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(FieldError::new(field, "not a valid HTTP header name"));
         }
+        if HOP_BY_HOP_HEADERS.contains(&lower.as_str())
+            || HOP_BY_HOP_PREFIXES.iter().any(|p| lower.starts_with(p))
+        {
+            return Err(FieldError::new(
+                field,
+                "a hop-by-hop header (Connection, Upgrade, TE, Expect, Keep-Alive, Proxy-*, Transfer-Encoding) cannot be set",
+            ));
+        }
         if RESERVED_HEADERS.contains(&lower.as_str())
             || RESERVED_HEADER_PREFIXES
                 .iter()
@@ -146,6 +174,75 @@ pub fn headers(headers: &BTreeMap<String, String>) -> Result<Value, FieldError> 
         }
     }
     Ok(serde_json::to_value(headers).expect("a map of strings serializes"))
+}
+
+/// A URL whose userinfo is the mask (`user:****@`, or `****@`) keeps the stored credentials, so a
+/// webhook read with GET can be sent back unchanged. Only towards the same scheme, host and
+/// port: sending the stored credentials elsewhere needs them given again. `stored` is the real
+/// current URL (`None` on create).
+pub fn unmask_url(given: &str, stored: Option<&str>) -> Result<String, FieldError> {
+    if !credentials::is_masked_url(given) {
+        return Ok(given.to_owned());
+    }
+    let err = |m: &str| FieldError::new("url", m);
+    let (Ok(mut url), Some(Ok(old))) = (
+        url::Url::parse(given),
+        stored
+            .filter(|s| credentials::has_userinfo(s))
+            .map(url::Url::parse),
+    ) else {
+        return Err(err(&format!(
+            "{MASKED_PASSWORD} stands for stored credentials and there are none: give the real ones"
+        )));
+    };
+    let origin = |u: &url::Url| {
+        (
+            u.scheme().to_owned(),
+            u.host_str().map(str::to_owned),
+            u.port_or_known_default(),
+        )
+    };
+    if origin(&url) != origin(&old) {
+        return Err(err(
+            "the stored credentials are kept only for the same scheme, host and port: give them again to send them elsewhere",
+        ));
+    }
+    if url.password().is_none() {
+        // A lone masked username: the stored userinfo whole.
+        let _ = url.set_username(old.username());
+    }
+    let _ = url.set_password(old.password());
+    Ok(url.to_string())
+}
+
+/// Header values sent as the mask keep the stored value of the same header (names compared
+/// without case); `stored` is the real current map (`None` on create).
+pub fn unmask_headers(
+    given: &BTreeMap<String, String>,
+    stored: Option<&Map<String, Value>>,
+) -> Result<BTreeMap<String, String>, FieldError> {
+    given
+        .iter()
+        .map(|(name, value)| {
+            if value != MASKED_HEADER_VALUE {
+                return Ok((name.clone(), value.clone()));
+            }
+            stored
+                .into_iter()
+                .flatten()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.as_str())
+                .map(|v| (name.clone(), v.to_owned()))
+                .ok_or_else(|| {
+                    FieldError::new(
+                        format!("headers.{name}"),
+                        format!(
+                            "{MASKED_HEADER_VALUE} stands for the stored value and this webhook has no header {name}: give its value"
+                        ),
+                    )
+                })
+        })
+        .collect()
 }
 
 fn is_json_pointer(p: &str) -> bool {
@@ -213,6 +310,19 @@ pub fn metadata(metadata: &Map<String, Value>) -> Result<Value, FieldError> {
         ));
     }
     Ok(value)
+}
+
+/// PostgreSQL's text cannot hold U+0000; a path segment or query value carrying `%00` is the
+/// caller's mistake (400), caught before it reaches a statement.
+pub fn no_nul(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.contains('\0') {
+        Err(FieldError::new(
+            field,
+            "must not contain the NUL character (%00)",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 pub fn description(text: &str) -> Result<String, FieldError> {
@@ -300,6 +410,69 @@ mod tests {
             assert!(headers(&h).is_err(), "{name}");
         }
         let ok = BTreeMap::from([("X-Partner".to_string(), "abc".to_string())]);
+        assert!(headers(&ok).is_ok());
+    }
+
+    #[test]
+    fn masks_keep_stored_credentials() {
+        let stored = "https://user:s3cret@example.com/a";
+        assert_eq!(
+            unmask_url("https://user:****@example.com/b", Some(stored)).unwrap(),
+            "https://user:s3cret@example.com/b"
+        );
+        assert_eq!(
+            unmask_url(
+                "https://****@example.com/b",
+                Some("https://tok@example.com/a")
+            )
+            .unwrap(),
+            "https://tok@example.com/b"
+        );
+        assert!(unmask_url("https://user:****@example.com/b", None).is_err());
+        assert!(unmask_url("https://user:****@elsewhere.test/b", Some(stored)).is_err());
+        assert_eq!(
+            unmask_url("https://user:new@elsewhere.test/b", Some(stored)).unwrap(),
+            "https://user:new@elsewhere.test/b"
+        );
+        let stored: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"Authorization": "Bearer x"})).unwrap();
+        let given = BTreeMap::from([
+            ("authorization".to_string(), MASKED_HEADER_VALUE.to_string()),
+            ("X-New".to_string(), "v".to_string()),
+        ]);
+        let out = unmask_headers(&given, Some(&stored)).unwrap();
+        assert_eq!(out["authorization"], "Bearer x");
+        assert_eq!(out["X-New"], "v");
+        let unknown = BTreeMap::from([("X-Other".to_string(), MASKED_HEADER_VALUE.to_string())]);
+        assert_eq!(
+            unmask_headers(&unknown, Some(&stored)).unwrap_err().field,
+            "headers.X-Other"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_refused_by_name() {
+        for name in [
+            "Connection",
+            "UPGRADE",
+            "te",
+            "Expect",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "Transfer-Encoding",
+        ] {
+            let h = BTreeMap::from([(name.to_string(), "v".to_string())]);
+            let err = headers(&h).unwrap_err();
+            assert_eq!(err.field, format!("headers.{name}"));
+            assert!(
+                err.message.contains("hop-by-hop"),
+                "{name}: {}",
+                err.message
+            );
+        }
+        // Names that only start like one are fine.
+        let ok = BTreeMap::from([("Tenant".to_string(), "a".to_string())]);
         assert!(headers(&ok).is_ok());
     }
 }

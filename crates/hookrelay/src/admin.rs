@@ -85,6 +85,12 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let pool = pool(config).await?;
     hookrelay_storage::migrate(&pool).await?;
     eprintln!("hookrelay: migrations applied");
+    // Sealing old rows' credentials needs the key; without it `serve` or `worker` does it.
+    if config.encryption_key.is_some() {
+        let sealed =
+            hookrelay_storage::credentials::seal_legacy(&pool, &config.secret_box()?).await?;
+        eprintln!("hookrelay: sealed the credentials of {sealed} webhooks stored in plaintext");
+    }
     Ok(())
 }
 

@@ -12,12 +12,17 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "HOOKRELAY_ADMIN_TOKEN",
         "",
-        "bearer token for /api/v1/admin/* (unset: admin API off)",
+        "bearer token for /api/v1/admin/*, at least 32 characters (unset: admin API off)",
+    ),
+    (
+        "HOOKRELAY_METRICS_TOKEN",
+        "",
+        "bearer token /metrics requires (unset: /metrics is open)",
     ),
     (
         "HOOKRELAY_ENCRYPTION_KEY",
         "",
-        "base64 of 32 bytes; encrypts secrets at rest (required)",
+        "base64 of 32 bytes; encrypts secrets, webhook header values and URL credentials at rest (required)",
     ),
     (
         "HOOKRELAY_ALLOW_HTTP",
@@ -137,6 +142,9 @@ pub fn help() -> String {
 }
 
 /// A value that must never reach a log line.
+/// Shortest `HOOKRELAY_ADMIN_TOKEN` accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct Sensitive(pub String);
 
@@ -151,6 +159,7 @@ pub struct Config {
     pub database_url: Option<Sensitive>,
     pub listen: SocketAddr,
     pub admin_token: Option<Sensitive>,
+    pub metrics_token: Option<Sensitive>,
     pub encryption_key: Option<Sensitive>,
     pub allow_http: bool,
     pub allow_private_targets: bool,
@@ -318,6 +327,7 @@ impl Config {
                     .map_err(|_| "expected host:port, e.g. 127.0.0.1:8080".into())
             })?,
             admin_token: r.raw("HOOKRELAY_ADMIN_TOKEN").map(Sensitive),
+            metrics_token: r.raw("HOOKRELAY_METRICS_TOKEN").map(Sensitive),
             encryption_key: r.raw("HOOKRELAY_ENCRYPTION_KEY").map(Sensitive),
             allow_http: r.parse("HOOKRELAY_ALLOW_HTTP", parse_bool)?,
             allow_private_targets: r.parse("HOOKRELAY_ALLOW_PRIVATE_TARGETS", parse_bool)?,
@@ -391,6 +401,20 @@ impl Config {
                 parse_within::<u32>(1..=1_000_000),
             )?,
         };
+        // The admin token opens every organization: one short enough to guess is refused
+        // rather than served.
+        if let Some(token) = &config.admin_token
+            && token.0.chars().count() < MIN_ADMIN_TOKEN_CHARS
+        {
+            return Err(ConfigError {
+                variable: "HOOKRELAY_ADMIN_TOKEN",
+                value: "(hidden)".into(),
+                message: format!(
+                    "must be at least {MIN_ADMIN_TOKEN_CHARS} characters, not {} (e.g. `openssl rand -base64 32`)",
+                    token.0.chars().count()
+                ),
+            });
+        }
         if config.delivery_timeout.is_zero() {
             return Err(ConfigError {
                 variable: "HOOKRELAY_DELIVERY_TIMEOUT",
@@ -524,6 +548,16 @@ mod tests {
             assert_eq!(err.variable, name, "{name}={value}: {err}");
             assert!(err.to_string().starts_with(name), "{err}");
         }
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused_without_echoing_it() {
+        let short = "x".repeat(MIN_ADMIN_TOKEN_CHARS - 1);
+        let err = config(&[("HOOKRELAY_ADMIN_TOKEN", &short)]).unwrap_err();
+        assert_eq!(err.variable, "HOOKRELAY_ADMIN_TOKEN");
+        assert!(!err.to_string().contains(&short), "{err}");
+        let long = "x".repeat(MIN_ADMIN_TOKEN_CHARS);
+        assert!(config(&[("HOOKRELAY_ADMIN_TOKEN", &long)]).is_ok());
     }
 
     #[test]

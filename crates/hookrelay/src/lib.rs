@@ -98,6 +98,7 @@ pub fn api_settings(config: &Config) -> ApiSettings {
     ApiSettings {
         max_body: config.max_body,
         admin_token: config.admin_token.as_ref().map(|t| t.0.clone()),
+        metrics_token: config.metrics_token.as_ref().map(|t| t.0.clone()),
         allow_http: config.allow_http,
         allow_private_targets: config.allow_private_targets,
         org_rate_limit: config.org_rate_limit,
@@ -175,6 +176,13 @@ pub async fn build(
         hookrelay_storage::migrate(&pool)
             .await
             .context("applying migrations")?;
+    }
+    // Rows from before credentials were sealed hold them in plaintext: seal them before any
+    // worker reads them (reads accept both forms meanwhile, for processes still starting).
+    if roles.migrate || roles.workers {
+        hookrelay_storage::credentials::seal_legacy(&pool, &secrets)
+            .await
+            .context("sealing webhook credentials stored before sealing existed")?;
     }
 
     let mut registry = prometheus_client_registry();

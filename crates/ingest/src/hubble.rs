@@ -218,6 +218,8 @@ impl Checked {
     }
 }
 
+/// Checks a packet against Hubble's packet schema. The schema makes no field nullable: an
+/// optional field may be absent, but `null` is refused for every field alike.
 fn check_packet(packet: &Value) -> Result<Checked, Vec<FieldProblem>> {
     let mut problems = Vec::new();
     let mut bad = |field: &str, message: &str| {
@@ -275,7 +277,8 @@ fn check_packet(packet: &Value) -> Result<Checked, Vec<FieldProblem>> {
         }
     };
     let timestamp = match device.get("timestamp").map(Value::as_f64) {
-        Some(Some(t)) if t.is_finite() && t >= 0.0 => format!("{t}"),
+        // `-0.0 >= 0.0` holds; `+ 0.0` turns it into 0, so it is the same packet as `0`.
+        Some(Some(t)) if t.is_finite() && t >= 0.0 => format!("{}", t + 0.0),
         Some(_) => {
             bad(
                 "device.timestamp",
@@ -291,7 +294,7 @@ fn check_packet(packet: &Value) -> Result<Checked, Vec<FieldProblem>> {
         }
     };
     let sequence_number = match device.get("sequence_number") {
-        None | Some(Value::Null) => -1,
+        None => -1,
         Some(n) => match n.as_f64() {
             Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 => f as i64,
             _ => {
@@ -305,11 +308,13 @@ fn check_packet(packet: &Value) -> Result<Checked, Vec<FieldProblem>> {
             bad(&format!("device.{field}"), "must be a number");
         }
     }
-    if device.get("name").is_some_and(|v| !v.is_string()) {
-        bad("device.name", "must be a string");
+    match device.get("name") {
+        None => {}
+        Some(Value::String(name)) if name.chars().count() <= 250 => {}
+        Some(_) => bad("device.name", "must be a string of at most 250 characters"),
     }
     match device.get("tags") {
-        None | Some(Value::Null) => {}
+        None => {}
         Some(Value::Object(tags)) => {
             for (key, value) in tags {
                 if !value.is_string() {
@@ -320,7 +325,7 @@ fn check_packet(packet: &Value) -> Result<Checked, Vec<FieldProblem>> {
         Some(_) => bad("device.tags", "must be an object of strings"),
     }
     match object.get("location") {
-        None | Some(Value::Null) => {}
+        None => {}
         Some(Value::Object(location)) => {
             for field in ["latitude", "longitude", "altitude", "timestamp"] {
                 match location.get(field) {
@@ -338,12 +343,22 @@ fn check_packet(packet: &Value) -> Result<Checked, Vec<FieldProblem>> {
         Some(_) => bad("location", "must be an object"),
     }
     match object.get("network_type") {
-        None | Some(Value::Null) => {}
+        None => {}
         Some(Value::String(t)) if t == "TERRESTRIAL" || t == "SATELLITE" => {}
         Some(_) => bad("network_type", "must be TERRESTRIAL or SATELLITE"),
     }
     match object.get("gateway") {
-        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        None => {}
+        Some(Value::Object(gateway)) => {
+            match gateway.get("gateway_id") {
+                None => {}
+                Some(Value::String(id)) if uuid::Uuid::parse_str(id).is_ok() => {}
+                Some(_) => bad("gateway.gateway_id", "must be the gateway's UUID"),
+            }
+            if gateway.get("service_id").is_some_and(|v| !v.is_string()) {
+                bad("gateway.service_id", "must be a string");
+            }
+        }
         Some(_) => bad("gateway", "must be an object"),
     }
     if object.contains_key(PAYLOAD_BYTES) {
@@ -451,6 +466,52 @@ mod tests {
         );
         let too_many = json!({"packets": vec![packet(); MAX_PACKETS + 1]});
         assert_eq!(parse_batch(&too_many).unwrap_err()[0].field, "packets");
+    }
+
+    #[test]
+    fn null_is_refused_for_every_field_and_negative_zero_is_zero() {
+        // Hubble's schema makes no field nullable: null is as wrong as any other wrong type.
+        for (path, field) in [
+            ("/device/name", "device.name"),
+            ("/device/tags", "device.tags"),
+            ("/device/rssi", "device.rssi"),
+            ("/device/counter", "device.counter"),
+            ("/device/sequence_number", "device.sequence_number"),
+            ("/device/id", "device.id"),
+            ("/device/payload", "device.payload"),
+            ("/device/timestamp", "device.timestamp"),
+            ("/location", "location"),
+            (
+                "/location/horizontal_accuracy",
+                "location.horizontal_accuracy",
+            ),
+            ("/location/latitude", "location.latitude"),
+            ("/network_type", "network_type"),
+            ("/gateway", "gateway"),
+            ("/gateway/gateway_id", "gateway.gateway_id"),
+            ("/gateway/service_id", "gateway.service_id"),
+            ("/device", "device"),
+        ] {
+            let mut nulled = packet();
+            *nulled.pointer_mut(path).unwrap() = Value::Null;
+            let fields: Vec<String> = parse_packet(&nulled)
+                .unwrap_err()
+                .into_iter()
+                .map(|p| p.field)
+                .collect();
+            assert_eq!(fields, [field], "{path}");
+        }
+        let mut long_name = packet();
+        long_name["device"]["name"] = json!("n".repeat(251));
+        assert_eq!(
+            parse_packet(&long_name).unwrap_err()[0].field,
+            "device.name"
+        );
+        let mut zero = packet();
+        zero["device"]["timestamp"] = json!(-0.0);
+        assert_eq!(parse_packet(&zero).unwrap().timestamp, "0");
+        zero["device"]["timestamp"] = json!(0);
+        assert_eq!(parse_packet(&zero).unwrap().timestamp, "0");
     }
 
     #[test]

@@ -42,6 +42,8 @@ const SCHEMA_KEYS: &[&str] = &[
     "vertical_accuracy",
     "network_type",
     "gateway",
+    "gateway_id",
+    "service_id",
     PAYLOAD_BYTES,
 ];
 
@@ -144,7 +146,6 @@ fn valid_packet() -> impl Strategy<Value = Value> {
             Just(json!(-0.0)),
         ],
         optional(prop_oneof![
-            Just(Value::Null),
             (0u64..9_000_000_000_000_000).prop_map(Value::from),
             (0u32..1_000_000).prop_map(|n| json!(f64::from(n))),
         ]),
@@ -154,12 +155,11 @@ fn valid_packet() -> impl Strategy<Value = Value> {
             any::<f64>().prop_map(|f| json!(if f.is_finite() { f } else { 0.0 })),
         ]),
         optional(any::<u64>().prop_map(Value::from)),
-        optional(any::<String>()),
-        optional(prop_oneof![
-            Just(Value::Null),
+        optional(any::<String>().prop_map(|s| s.chars().take(250).collect::<String>())),
+        optional(
             prop::collection::btree_map(any::<String>(), any::<String>(), 0..4)
                 .prop_map(|m| json!(m)),
-        ]),
+        ),
         prop::collection::vec((unknown_key(), json_value()), 0..2),
     )
         .prop_map(
@@ -189,15 +189,14 @@ fn valid_packet() -> impl Strategy<Value = Value> {
             (-1e6f64..1e6).prop_map(Value::from)
         ]
     };
-    let location = optional(prop_oneof![
-        Just(Value::Null),
+    let location = optional(
         (
             number(),
             number(),
             number(),
             number(),
             optional(number()),
-            optional(number())
+            optional(number()),
         )
             .prop_map(|(lat, lon, alt, ts, h, v)| {
                 let mut l = Map::new();
@@ -215,20 +214,34 @@ fn valid_packet() -> impl Strategy<Value = Value> {
                 }
                 Value::Object(l)
             }),
-    ]);
+    );
     (
         device,
         location,
         optional(prop::sample::select(vec![
-            Value::Null,
             json!("TERRESTRIAL"),
             json!("SATELLITE"),
         ])),
-        optional(prop_oneof![
-            Just(Value::Null),
-            prop::collection::vec((any::<String>(), json_value()), 0..3)
-                .prop_map(|e| Value::Object(e.into_iter().collect())),
-        ]),
+        optional(
+            (
+                optional(any::<u128>()),
+                optional(any::<String>()),
+                prop::collection::vec((unknown_key(), json_value()), 0..2),
+            )
+                .prop_map(|(id, service, extra)| {
+                    let mut g: Map<String, Value> = extra.into_iter().collect();
+                    if let Some(id) = id {
+                        g.insert(
+                            "gateway_id".into(),
+                            json!(uuid::Uuid::from_u128(id).to_string()),
+                        );
+                    }
+                    if let Some(service) = service {
+                        g.insert("service_id".into(), json!(service));
+                    }
+                    Value::Object(g)
+                }),
+        ),
         prop::collection::vec((unknown_key(), json_value()), 0..2),
     )
         .prop_map(|(device, location, network_type, gateway, extra)| {
@@ -316,9 +329,9 @@ fn expect_set(path: &[&str], value: &Value) -> Expect {
         (["device", "id"], v) => verdict(is_uuid(v)),
         (["device", "payload"], v) => verdict(is_base64(v)),
         (["device", "timestamp"], v) => verdict(is_non_negative(v)),
-        (["device", "sequence_number"], v) => verdict(v.is_null() || is_sequence_number(v)),
+        (["device", "sequence_number"], v) => verdict(is_sequence_number(v)),
         (["device", "rssi" | "counter"], v) => verdict(v.is_number()),
-        (["device", "name"], v) => verdict(v.is_string()),
+        (["device", "name"], v) => verdict(v.as_str().is_some_and(|n| n.chars().count() <= 250)),
         (["device", "tags"], Value::Object(tags)) => {
             let bad: Vec<String> = tags
                 .iter()
@@ -331,12 +344,15 @@ fn expect_set(path: &[&str], value: &Value) -> Expect {
                 Expect::Problems(bad)
             }
         }
-        (["device", "tags"], v) => verdict(v.is_null()),
+        (["device", "tags"], _) => verdict(false),
         (["device", "tags", _], v) => verdict(v.is_string()),
-        (["location"], v) => verdict(v.is_null()),
+        (["location"], _) => verdict(false),
         (["location", f], v) if LOCATION_NUMBERS.contains(f) => verdict(v.is_number()),
-        (["network_type"], v) => verdict(v.is_null() || v == "TERRESTRIAL" || v == "SATELLITE"),
-        (["gateway"], v) => verdict(v.is_null() || v.is_object()),
+        (["network_type"], v) => verdict(v == "TERRESTRIAL" || v == "SATELLITE"),
+        (["gateway"], Value::Object(_)) => Expect::Either,
+        (["gateway"], _) => verdict(false),
+        (["gateway", "gateway_id"], v) => verdict(is_uuid(v)),
+        (["gateway", "service_id"], v) => verdict(v.is_string()),
         _ => Expect::Ok,
     }
 }
@@ -502,6 +518,19 @@ fn schema_edges() -> Vec<(Vec<&'static str>, Vec<Value>)> {
         (
             vec!["gateway"],
             vec![json!(null), json!({}), json!([]), json!("x"), json!(1)],
+        ),
+        (
+            vec!["gateway", "gateway_id"],
+            vec![
+                json!("0a6d3c1e-2b4f-4a8e-9c7d-1e2f3a4b5c6d"),
+                json!("0a6d3c1e"),
+                json!(null),
+                json!(1),
+            ],
+        ),
+        (
+            vec!["gateway", "service_id"],
+            vec![json!("fca6"), json!(""), json!(null), json!(1)],
         ),
         (vec![PAYLOAD_BYTES], vec![json!(4), json!(null), json!("x")]),
     ];

@@ -33,8 +33,12 @@ pub struct Work {
     pub event: String,
     /// Exactly the body sent (envelope, batch or Hubble format, fixed when it was created).
     pub payload: Json<Value>,
+    /// Masked (what attempt records keep); the real one is `sealed_url` when it has credentials.
     pub url: String,
+    pub sealed_url: Option<String>,
+    /// Names with masked values; the real values are `sealed_headers`.
     pub headers: Json<Value>,
+    pub sealed_headers: Option<String>,
     pub payload_format: String,
     pub active: bool,
     pub secret: String,
@@ -129,7 +133,7 @@ pub async fn load(pool: &PgPool, jobs: &[ClaimedJob]) -> Result<Vec<Work>, Queue
     let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
     Ok(sqlx::query_as(
         "SELECT d.id AS delivery_id, d.org_id, d.webhook_id, c.attempt, j.max_attempts, d.event, d.payload,
-                w.url, w.headers, w.payload_format, w.active AND w.deleted_at IS NULL AS active, w.secret,
+                w.url, w.sealed_url, w.headers, w.sealed_headers, w.payload_format, w.active AND w.deleted_at IS NULL AS active, w.secret,
                 CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret
            FROM unnest($1::uuid[], $2::int[]) AS c(id, attempt)
            JOIN webhook_deliveries d ON d.id = c.id

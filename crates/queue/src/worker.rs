@@ -5,7 +5,7 @@
 
 use chrono::Utc;
 use hookrelay_signer::Secret;
-use hookrelay_storage::{SecretBox, events::JOBS_CHANNEL, webhooks::secret_context};
+use hookrelay_storage::{SecretBox, credentials, events::JOBS_CHANNEL, webhooks::secret_context};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
@@ -203,28 +203,41 @@ fn signing_secrets(ctx: &Context, work: &Work) -> Result<Vec<Secret>, String> {
     Ok(out)
 }
 
-fn extra_headers(work: &Work) -> Vec<(String, String)> {
-    work.headers
-        .0
-        .as_object()
-        .map(|map| {
-            map.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The real URL and custom headers, opened from their sealed forms (or, for a row written
+/// before sealing, read from the columns).
+fn target(ctx: &Context, work: &Work) -> Result<(String, Vec<(String, String)>), String> {
+    let id = work.job.webhook_id;
+    let url = credentials::open_url(&ctx.secrets, id, &work.url, work.sealed_url.as_deref())
+        .map_err(|e| e.to_string())?;
+    let headers = credentials::open_headers(
+        &ctx.secrets,
+        id,
+        &work.headers.0,
+        work.sealed_headers.as_deref(),
+    )
+    .map_err(|e| e.to_string())?
+    .into_iter()
+    .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
+    .collect();
+    Ok((url, headers))
 }
 
 /// Makes the attempt and decides what follows it.
 pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
     let started_at = Utc::now();
-    let outcome = match signing_secrets(ctx, work) {
-        Ok(secrets) => {
+    let prepared = signing_secrets(ctx, work)
+        .map_err(|e| format!("cannot sign: {e}"))
+        .and_then(|secrets| {
+            target(ctx, work)
+                .map(|(url, headers)| (secrets, url, headers))
+                .map_err(|e| format!("cannot open the webhook's credentials: {e}"))
+        });
+    let outcome = match prepared {
+        Ok((secrets, url, headers)) => {
             let body = serde_json::to_vec(&work.payload.0).expect("JSON values serialize");
-            let headers = extra_headers(work);
             let request = Request {
                 delivery_id: work.job.delivery_id,
-                url: &work.url,
+                url: &url,
                 event: &work.event,
                 body: &body,
                 secrets: &secrets,
@@ -236,7 +249,7 @@ pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
         Err(err) => deliver::Outcome {
             status: None,
             body_excerpt: None,
-            error: Some(format!("cannot sign: {err}")),
+            error: Some(err),
             latency: Duration::ZERO,
             retry_after: None,
         },
@@ -268,7 +281,8 @@ pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
     }
     Record {
         job: work.job.clone(),
-        url: work.url.clone(),
+        // Masked again: a row from before sealing still holds its password in the column.
+        url: credentials::mask_url(&work.url),
         started_at,
         outcome,
         next,

@@ -9,6 +9,14 @@ pub enum StorageError {
     Conflict { constraint: String },
     #[error("violates {constraint}")]
     Invalid { constraint: String },
+    /// A value the database cannot hold (SQLSTATE class 22: a NUL in text, a number or a date
+    /// out of range). The database's message stays in `source`, for logs: it may quote the data.
+    #[error("a value breaks the database's data rules (SQLSTATE {sqlstate})")]
+    InvalidData {
+        sqlstate: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("the organization already has the most {} allowed ({limit})", what.name())]
     LimitReached {
         what: crate::limits::Counted,
@@ -45,8 +53,9 @@ impl From<sqlx::Error> for StorageError {
                     // Class 22, data exceptions (a NUL in text, a number out of range): the
                     // request's data is at fault, not the service.
                     _ if db.code().as_deref().is_some_and(|c| c.starts_with("22")) => {
-                        Self::Invalid {
-                            constraint: format!("data rules ({})", db.message()),
+                        Self::InvalidData {
+                            sqlstate: db.code().unwrap_or_default().into_owned(),
+                            source: err,
                         }
                     }
                     _ if db.code().as_deref() == Some("57014") => Self::Timeout(err),

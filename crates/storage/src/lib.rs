@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod catalog;
+pub mod credentials;
 pub mod crypto;
 pub mod deliveries;
 mod error;

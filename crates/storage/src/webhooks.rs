@@ -1,7 +1,8 @@
 //! The `webhooks` table: an organization's endpoints, their subscriptions, delivery options and
 //! health. Secrets are sealed with [`SecretBox`] bound to the webhook's id; the previous secret
-//! keeps signing during a rotation's grace period. Deleting a webhook hides it (history stays)
-//! and cancels its undelivered deliveries.
+//! keeps signing during a rotation's grace period. Header values and URL userinfo are sealed too
+//! ([`crate::credentials`]): the `url` and `headers` columns hold them masked. Deleting a webhook
+//! hides it (history stays) and cancels its undelivered deliveries.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -9,6 +10,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::credentials::{self, seal_headers, seal_url};
 use crate::page::{Cursor, Page, PageRequest};
 use crate::{SecretBox, StorageError};
 
@@ -16,11 +18,13 @@ use crate::{SecretBox, StorageError};
 pub struct Webhook {
     pub id: Uuid,
     pub org_id: Uuid,
+    /// Masked: its password, if any, reads `****`.
     pub url: String,
     pub events: Vec<String>,
     pub description: Option<String>,
     pub active: bool,
     pub metadata: Json<Value>,
+    /// Names with masked values.
     pub headers: Json<Value>,
     pub filter: Option<Json<Value>>,
     pub max_batch_size: i32,
@@ -51,7 +55,7 @@ macro_rules! columns {
     };
 }
 
-/// A validated webhook to create.
+/// A validated webhook to create. `url` and `headers` are the real ones; they are stored sealed.
 #[derive(Debug, Clone)]
 pub struct NewWebhook {
     pub url: String,
@@ -80,25 +84,30 @@ pub async fn create(
 ) -> crate::Result<Webhook> {
     let id = Uuid::now_v7();
     let sealed = secrets.seal(&secret_context(id), &new.secret)?;
+    let (url, sealed_url) = seal_url(secrets, id, &new.url)?;
+    let (headers, sealed_headers) = seal_headers(secrets, id, &new.headers)?;
     Ok(sqlx::query_as(concat!(
         "INSERT INTO webhooks (id, org_id, url, events, description, active, secret, metadata, headers,
-                               filter, max_batch_size, payload_format, rate_limit_per_second)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING ",
+                               filter, max_batch_size, payload_format, rate_limit_per_second,
+                               sealed_url, sealed_headers)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING ",
         columns!()
     ))
     .bind(id)
     .bind(org_id)
-    .bind(&new.url)
+    .bind(url)
     .bind(&new.events)
     .bind(new.description.as_deref())
     .bind(new.active)
     .bind(sealed)
     .bind(Json(&new.metadata))
-    .bind(Json(&new.headers))
+    .bind(Json(headers))
     .bind(new.filter.as_ref().map(Json))
     .bind(new.max_batch_size)
     .bind(&new.payload_format)
     .bind(new.rate_limit_per_second)
+    .bind(sealed_url)
+    .bind(sealed_headers)
     .fetch_one(db)
     .await?)
 }
@@ -154,7 +163,8 @@ pub async fn list(
     Ok(Page::from_rows(rows, page, Webhook::cursor))
 }
 
-/// A validated partial update. `Some(None)` clears a nullable field.
+/// A validated partial update. `Some(None)` clears a nullable field. `url` and `headers` are the
+/// real ones (masks already resolved); they are stored sealed.
 #[derive(Debug, Default, Clone)]
 pub struct WebhookChanges {
     pub url: Option<String>,
@@ -173,14 +183,27 @@ pub struct WebhookChanges {
 /// the webhook was inactive become due again, oldest first.
 pub async fn update(
     conn: &mut PgConnection,
+    secrets: &SecretBox,
     org_id: Uuid,
     id: Uuid,
     changes: &WebhookChanges,
 ) -> crate::Result<Webhook> {
     let reactivate = changes.active == Some(true);
+    let url = changes
+        .url
+        .as_deref()
+        .map(|u| seal_url(secrets, id, u))
+        .transpose()?;
+    let headers = changes
+        .headers
+        .as_ref()
+        .map(|h| seal_headers(secrets, id, h))
+        .transpose()?;
     let webhook: Webhook = sqlx::query_as(concat!(
         "UPDATE webhooks SET
             url = COALESCE($3, url),
+            sealed_url = CASE WHEN $3 IS NULL THEN sealed_url ELSE $17 END,
+            sealed_headers = CASE WHEN $9 IS NULL THEN sealed_headers ELSE $18 END,
             events = COALESCE($4, events),
             description = CASE WHEN $5 THEN $6 ELSE description END,
             active = COALESCE($7, active),
@@ -199,13 +222,13 @@ pub async fn update(
     ))
     .bind(org_id)
     .bind(id)
-    .bind(changes.url.as_deref())
+    .bind(url.as_ref().map(|(shown, _)| shown.as_str()))
     .bind(changes.events.as_deref())
     .bind(changes.description.is_some())
     .bind(changes.description.clone().flatten())
     .bind(changes.active)
     .bind(changes.metadata.as_ref().map(Json))
-    .bind(changes.headers.as_ref().map(Json))
+    .bind(headers.as_ref().map(|(shown, _)| Json(shown)))
     .bind(changes.filter.is_some())
     .bind(changes.filter.clone().flatten().map(Json))
     .bind(changes.max_batch_size)
@@ -213,6 +236,8 @@ pub async fn update(
     .bind(changes.rate_limit_per_second.is_some())
     .bind(changes.rate_limit_per_second.flatten())
     .bind(reactivate)
+    .bind(url.as_ref().and_then(|(_, sealed)| sealed.as_deref()))
+    .bind(headers.as_ref().and_then(|(_, sealed)| sealed.as_deref()))
     .fetch_one(&mut *conn)
     .await?;
     if reactivate {
@@ -271,6 +296,33 @@ pub async fn delete(conn: &mut PgConnection, org_id: Uuid, id: Uuid) -> crate::R
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// A webhook's real URL and header values (opened), e.g. to keep the stored ones when a PATCH
+/// sends their masks back.
+pub async fn credentials(
+    db: impl PgExecutor<'_>,
+    secrets: &SecretBox,
+    org_id: Uuid,
+    id: Uuid,
+) -> crate::Result<(String, serde_json::Map<String, Value>)> {
+    let (url, sealed_url, headers, sealed_headers): (
+        String,
+        Option<String>,
+        Json<Value>,
+        Option<String>,
+    ) = sqlx::query_as(
+        "SELECT url, sealed_url, headers, sealed_headers
+               FROM webhooks WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL",
+    )
+    .bind(org_id)
+    .bind(id)
+    .fetch_one(db)
+    .await?;
+    Ok((
+        credentials::open_url(secrets, id, &url, sealed_url.as_deref())?,
+        credentials::open_headers(secrets, id, &headers.0, sealed_headers.as_deref())?,
+    ))
 }
 
 /// The secrets a delivery is signed with: the current one first, then the previous one while its

@@ -51,6 +51,7 @@ impl DeliveryStatus {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptOut {
     pub attempt_number: i32,
+    /// The webhook's URL at the time, its password masked as `****`.
     pub url: String,
     pub response_status: Option<i32>,
     /// The first 4 KiB of the answer, as `response_body_encoding` says.
@@ -142,11 +143,19 @@ pub async fn history(
     caller: Caller,
     state: web::Data<ApiState>,
     id: web::Path<Uuid>,
-    query: web::Query<HistoryQuery>,
+    query: crate::query::Query<HistoryQuery>,
 ) -> ApiResult<web::Json<ListResponse<DeliveryOut>>> {
     caller.require("deliveries:read")?;
     let query = query.into_inner();
     let page = page_request(query.limit, query.cursor.as_deref())?;
+    let out_of_range: Vec<FieldError> = [("since", query.since), ("until", query.until)]
+        .into_iter()
+        .filter(|(_, at)| at.is_some_and(|at| !storable(at)))
+        .map(|(field, _)| FieldError::new(field, "must be between the years 1 and 9999"))
+        .collect();
+    if !out_of_range.is_empty() {
+        return Err(ApiError::invalid(out_of_range));
+    }
     if !deliveries::webhook_known(&state.pool, caller.org_id(), *id).await? {
         return Err(ApiError::NotFound("webhook"));
     }
@@ -162,6 +171,13 @@ pub async fn history(
         data: page.data.into_iter().map(Into::into).collect(),
         next_cursor: page.next_cursor,
     }))
+}
+
+/// PostgreSQL's timestamps cover fewer years than chrono's; RFC 3339's four-digit years are
+/// what a client can mean.
+fn storable(at: DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    (1..=9999).contains(&at.year())
 }
 
 /// One delivery with every attempt.
@@ -185,7 +201,8 @@ pub async fn get_delivery(
             .into_iter()
             .map(|a| AttemptOut {
                 attempt_number: a.attempt_number,
-                url: a.url,
+                // Recorded masked; masked again in case a row predates that.
+                url: hookrelay_storage::credentials::mask_url(&a.url),
                 response_status: a.response_status,
                 response_body: a.response_body,
                 response_body_encoding: a.response_body_encoding,

@@ -173,6 +173,7 @@ pub async fn remove(
     name: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     caller.require("webhooks:write")?;
+    crate::validate::no_nul("name", &name).map_err(|e| ApiError::invalid(vec![e]))?;
     event_types::delete(&state.pool, caller.org_id(), &name)
         .await
         .map_err(not_found_as("event type"))?;

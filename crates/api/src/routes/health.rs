@@ -1,10 +1,12 @@
-//! Liveness, readiness and Prometheus metrics. None of these need a key.
+//! Liveness, readiness and Prometheus metrics. None of these need an organization's key;
+//! `/metrics` needs `HOOKRELAY_METRICS_TOKEN` as bearer when it is set.
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::ApiState;
+use crate::problem::ApiError;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -36,15 +38,27 @@ pub async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
 }
 
 /// Prometheus text exposition of the service's metrics.
-#[utoipa::path(tag = "health", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
+///
+/// When `HOOKRELAY_METRICS_TOKEN` is set, it must be sent as `Authorization: Bearer <token>`.
+#[utoipa::path(tag = "health", responses((status = 200, content_type = "application/openmetrics-text", body = String),
+    (status = 401, content_type = "application/problem+json", body = crate::problem::Problem,
+     description = "HOOKRELAY_METRICS_TOKEN is set and the bearer token is missing or wrong")))]
 #[get("/metrics")]
-pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
+pub async fn metrics(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(expected) = state.settings.metrics_token.as_deref()
+        && !crate::auth::token_matches(Some(expected), &req)
+    {
+        return Err(ApiError::Unauthorized);
+    }
     let mut text = String::new();
     if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &state.metrics) {
         tracing::error!(error = %err, "encoding metrics failed");
-        return HttpResponse::InternalServerError().finish();
+        return Ok(HttpResponse::InternalServerError().finish());
     }
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(text)
+        .body(text))
 }

@@ -163,11 +163,12 @@ async fn target(
 
 fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::malformed_body(
             "the request body is empty; a JSON object is expected",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::malformed_body(format!("malformed JSON: {e}")))
 }
 
 /// Receives a Hubble packet batch exactly as Hubble sends it. Each new packet becomes a
@@ -220,12 +221,12 @@ pub async fn hubble_push(
         )
         .await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::malformed_body(
                 "the request body is empty; a JSON object is expected",
             ));
         }
         hubble::parse_batch_json(&bytes).map_err(|err| match err {
-            hubble::BatchError::Json(e) => ApiError::bad_request(format!("malformed JSON: {e}")),
+            hubble::BatchError::Json(e) => ApiError::malformed_body(format!("malformed JSON: {e}")),
             hubble::BatchError::Fields(problems) => ApiError::Unprocessable {
                 detail: match problems.first() {
                     Some(first) => {

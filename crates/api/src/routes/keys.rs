@@ -125,7 +125,47 @@ fn validate_expiry(expires_at: Option<DateTime<Utc>>) -> Result<(), FieldError> 
     }
 }
 
-/// Creates a key. A key can only grant scopes its creator holds. An organization has at most
+/// A key cannot hand out more lifetime than it has: when it expires, every expiry it sets (on a
+/// new key, on itself or on another) must be given and fall at or before its own. Otherwise a
+/// short-lived key could mint or turn itself into a permanent one.
+fn within_own_expiry(caller: &Caller, wanted: Option<DateTime<Utc>>) -> Result<(), ApiError> {
+    let Some(own_at) = caller.key.expires_at else {
+        return Ok(());
+    };
+    let own = own_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match wanted {
+        Some(t) if t <= own_at => Ok(()),
+        Some(t) => Err(ApiError::ForbiddenBecause(format!(
+            "a key cannot outlive the key that sets its expiry: expires_at {} is after this key's own expiry ({own})",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))),
+        None => Err(ApiError::ForbiddenBecause(format!(
+            "a key cannot outlive the key that sets its expiry: this key expires at {own}, so expires_at must be given and no later"
+        ))),
+    }
+}
+
+/// A key manages only keys it could have created: none holding a scope it lacks, or a key
+/// with fewer rights could revoke or rename a stronger one.
+fn holds_every_scope_of(caller: &Caller, target: &ApiKey, action: &str) -> Result<(), ApiError> {
+    let missing: Vec<&str> = target
+        .scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !caller.key.has_scope(s))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::ForbiddenBecause(format!(
+        "this key cannot {action} a key holding scopes it lacks: {}",
+        missing.join(", ")
+    )))
+}
+
+/// Creates a key. A key can only grant scopes its creator holds, and a creator that expires
+/// cannot create a key that outlives it (`expires_at` required, at or before its own; 403
+/// otherwise). An organization has at most
 /// `HOOKRELAY_MAX_API_KEYS_PER_ORG` live keys (default 100; revoked and expired ones do not
 /// count): past it, 409 `limit-reached`.
 #[utoipa::path(context_path = "/api/v1", tag = "keys", security(("api_key" = ["api_keys:write"])), request_body = CreateKey,
@@ -168,9 +208,17 @@ pub async fn create(
     } else {
         scopes.iter().map(String::as_str).collect()
     };
-    if let Some(missing) = granted.iter().find(|s| !caller.key.has_scope(s)) {
-        return Err(ApiError::Forbidden((*missing).to_owned()));
+    let missing: Vec<&str> = granted
+        .into_iter()
+        .filter(|s| !caller.key.has_scope(s))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::ForbiddenBecause(format!(
+            "a key cannot grant scopes it lacks: {}",
+            missing.join(", ")
+        )));
     }
+    within_own_expiry(&caller, body.expires_at)?;
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     limits::make_room(
         &mut tx,
@@ -210,7 +258,7 @@ pub struct ListKeysQuery {
 pub async fn list(
     caller: Caller,
     state: web::Data<ApiState>,
-    query: web::Query<ListKeysQuery>,
+    query: crate::query::Query<ListKeysQuery>,
 ) -> ApiResult<web::Json<ListResponse<KeyOut>>> {
     caller.require("api_keys:read")?;
     let page = page_request(query.limit, query.cursor.as_deref())?;
@@ -249,7 +297,8 @@ pub struct UpdateKey {
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }
 
-/// Renames a key or changes its expiry.
+/// Renames a key or changes its expiry. 403 when the target holds a scope the caller lacks, or
+/// when the new expiry (or `null`, no expiry) is later than the caller's own expiry.
 #[utoipa::path(context_path = "/api/v1", tag = "keys", security(("api_key" = ["api_keys:write"])), params(("id" = Uuid, Path)),
     request_body = UpdateKey,
     responses((status = 200, body = KeyOut), (status = 400, body = crate::problem::Problem),
@@ -273,6 +322,13 @@ pub async fn update(
     if let Some(expiry) = body.expires_at {
         validate_expiry(expiry).map_err(|e| ApiError::invalid(vec![e]))?;
     }
+    let target = api_keys::get(&state.pool, caller.org_id(), *id)
+        .await
+        .map_err(not_found_as("API key"))?;
+    holds_every_scope_of(&caller, &target, "change")?;
+    if let Some(expiry) = body.expires_at {
+        within_own_expiry(&caller, expiry)?;
+    }
     let changes = KeyChanges {
         name,
         expires_at: body.expires_at,
@@ -284,7 +340,8 @@ pub async fn update(
     Ok(web::Json(key.into()))
 }
 
-/// Revokes a key: at once in the process that answers, within a second in the others.
+/// Revokes a key: at once in the process that answers, within a second in the others. 403 when
+/// the target holds a scope the caller lacks.
 #[utoipa::path(context_path = "/api/v1", tag = "keys", security(("api_key" = ["api_keys:write"])), params(("id" = Uuid, Path)),
     responses((status = 204), (status = 401, body = crate::problem::Problem),
               (status = 403, body = crate::problem::Problem), (status = 404, body = crate::problem::Problem)))]
@@ -295,6 +352,10 @@ pub async fn revoke(
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
     caller.require("api_keys:write")?;
+    let target = api_keys::get(&state.pool, caller.org_id(), *id)
+        .await
+        .map_err(not_found_as("API key"))?;
+    holds_every_scope_of(&caller, &target, "revoke")?;
     api_keys::revoke(&state.pool, caller.org_id(), *id)
         .await
         .map_err(not_found_as("API key"))?;

@@ -445,7 +445,7 @@ pub struct ListSourcesQuery {
 pub async fn list(
     caller: Caller,
     state: web::Data<ApiState>,
-    query: web::Query<ListSourcesQuery>,
+    query: crate::query::Query<ListSourcesQuery>,
 ) -> ApiResult<web::Json<ListResponse<SourceOut>>> {
     caller.require("sources:read")?;
     let page = page_request(query.limit, query.cursor.as_deref())?;

@@ -4,7 +4,7 @@
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use hookrelay_storage::limits::{self, Counted};
-use hookrelay_storage::{StorageError, event_types, webhooks};
+use hookrelay_storage::{StorageError, credentials, event_types, webhooks};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -58,6 +58,7 @@ impl HealthStatus {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookOut {
     pub id: Uuid,
+    /// A password in the URL reads `****` (a lone username too): credentials are write-only.
     pub url: String,
     pub events: Vec<String>,
     pub description: Option<String>,
@@ -67,6 +68,7 @@ pub struct WebhookOut {
     pub secret: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: Value,
+    /// Header names with their values masked as `••••`: values are write-only.
     pub headers: BTreeMap<String, String>,
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
@@ -86,13 +88,15 @@ impl From<webhooks::Webhook> for WebhookOut {
     fn from(w: webhooks::Webhook) -> Self {
         Self {
             id: w.id,
-            url: w.url,
+            // Masked again at the edge: a row from before sealing holds the real values.
+            url: credentials::mask_url(&w.url),
             events: w.events,
             description: w.description,
             active: w.active,
             secret: None,
             metadata: w.metadata.0,
-            headers: serde_json::from_value(w.headers.0).unwrap_or_default(),
+            headers: serde_json::from_value(credentials::mask_headers(&w.headers.0))
+                .unwrap_or_default(),
             filter: w.filter.map(|f| f.0),
             max_batch_size: w.max_batch_size,
             payload_format: w.payload_format,
@@ -121,7 +125,7 @@ pub struct CreateWebhook {
     pub secret: Option<String>,
     #[schema(schema_with = crate::schema::metadata_opt)]
     pub metadata: Option<Map<String, Value>>,
-    #[schema(schema_with = crate::schema::headers_opt)]
+    #[schema(schema_with = crate::schema::headers_create)]
     pub headers: Option<BTreeMap<String, String>>,
     #[schema(schema_with = crate::schema::filter_opt)]
     pub filter: Option<Map<String, Value>>,
@@ -153,7 +157,12 @@ pub async fn create(
     let body = body.0;
     let known = event_types::known_names(&state.pool, caller.org_id()).await?;
     let mut errors = Vec::new();
-    let url = collect(validate::url(&body.url, &state.settings).await, &mut errors);
+    // A mask standing for stored credentials that do not exist: well formed, so 422.
+    let mut unprocessable = Vec::new();
+    let url = match validate::unmask_url(&body.url, None) {
+        Ok(u) => collect(validate::url(&u, &state.settings).await, &mut errors),
+        Err(e) => collect(Err(e), &mut unprocessable),
+    };
     let events = collect(validate::events(&body.events, &known), &mut errors);
     let description = body
         .description
@@ -175,9 +184,10 @@ pub async fn create(
         &mut errors,
     );
     let headers = collect(
-        validate::headers(&body.headers.unwrap_or_default()),
-        &mut errors,
-    );
+        validate::unmask_headers(&body.headers.unwrap_or_default(), None),
+        &mut unprocessable,
+    )
+    .and_then(|h| collect(validate::headers(&h), &mut errors));
     let filter = body.filter.as_ref().map(validate::filter).transpose();
     let filter = collect(filter, &mut errors).flatten();
     let max_batch_size = collect(
@@ -191,6 +201,12 @@ pub async fn create(
     let rate_limit = collect(rate_limit, &mut errors).flatten();
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
+    }
+    if !unprocessable.is_empty() {
+        return Err(ApiError::Unprocessable {
+            detail: "a masked value stands for a stored one this webhook does not have".into(),
+            errors: unprocessable,
+        });
     }
     let (
         Some(url),
@@ -259,7 +275,7 @@ pub struct ListWebhooksQuery {
 pub async fn list(
     caller: Caller,
     state: web::Data<ApiState>,
-    query: web::Query<ListWebhooksQuery>,
+    query: crate::query::Query<ListWebhooksQuery>,
 ) -> ApiResult<web::Json<ListResponse<WebhookOut>>> {
     caller.require("webhooks:read")?;
     let query = query.into_inner();
@@ -308,7 +324,7 @@ pub struct UpdateWebhook {
     pub active: Option<bool>,
     #[schema(schema_with = crate::schema::metadata_opt)]
     pub metadata: Option<Map<String, Value>>,
-    #[schema(schema_with = crate::schema::headers_opt)]
+    #[schema(schema_with = crate::schema::headers_update)]
     pub headers: Option<BTreeMap<String, String>>,
     /// `null` removes the filter.
     #[serde(default, deserialize_with = "nullable")]
@@ -326,6 +342,9 @@ pub struct UpdateWebhook {
 }
 
 /// Changes the fields given; `null` clears `description`, `filter` and `rate_limit_per_second`.
+/// Credentials are write-only: a `url` whose password reads `****` and header values reading
+/// `••••` (as GET shows them) keep the stored ones (the URL's only towards the same scheme, host
+/// and port).
 #[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:write"])), params(("id" = Uuid, Path)),
     request_body = UpdateWebhook,
     responses((status = 200, body = WebhookOut), (status = 400, body = crate::problem::Problem),
@@ -345,8 +364,23 @@ pub async fn update(
         .await
         .map_err(not_found_as("webhook"))?;
     let mut errors = Vec::new();
+    // A mask standing for stored credentials that do not exist: well formed, so 422.
+    let mut unprocessable = Vec::new();
+    // Masks sent back (as GET shows them) stand for the stored credentials.
+    let stored = if body.url.is_some() || body.headers.is_some() {
+        Some(
+            webhooks::credentials(&state.pool, &state.secrets, caller.org_id(), *id)
+                .await
+                .map_err(not_found_as("webhook"))?,
+        )
+    } else {
+        None
+    };
     let url = match &body.url {
-        Some(u) => collect(validate::url(u, &state.settings).await, &mut errors),
+        Some(u) => match validate::unmask_url(u, stored.as_ref().map(|(u, _)| u.as_str())) {
+            Ok(u) => collect(validate::url(&u, &state.settings).await, &mut errors),
+            Err(e) => collect(Err(e), &mut unprocessable),
+        },
         None => None,
     };
     let events = match &body.events {
@@ -365,10 +399,13 @@ pub async fn update(
         .metadata
         .as_ref()
         .and_then(|m| collect(validate::metadata(m), &mut errors));
-    let headers = body
-        .headers
-        .as_ref()
-        .and_then(|h| collect(validate::headers(h), &mut errors));
+    let headers = body.headers.as_ref().and_then(|h| {
+        collect(
+            validate::unmask_headers(h, stored.as_ref().map(|(_, h)| h)),
+            &mut unprocessable,
+        )
+        .and_then(|h| collect(validate::headers(&h), &mut errors))
+    });
     let filter = match &body.filter {
         Some(Some(f)) => collect(validate::filter(f), &mut errors).map(Some),
         Some(None) => Some(None),
@@ -385,6 +422,12 @@ pub async fn update(
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
+    if !unprocessable.is_empty() {
+        return Err(ApiError::Unprocessable {
+            detail: "a masked value stands for a stored one this webhook does not have".into(),
+            errors: unprocessable,
+        });
+    }
     let changes = webhooks::WebhookChanges {
         url,
         events,
@@ -398,7 +441,7 @@ pub async fn update(
         rate_limit_per_second,
     };
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
-    let webhook = webhooks::update(&mut tx, caller.org_id(), *id, &changes)
+    let webhook = webhooks::update(&mut tx, &state.secrets, caller.org_id(), *id, &changes)
         .await
         .map_err(not_found_as("webhook"))?;
     tx.commit().await.map_err(StorageError::from)?;
