@@ -146,7 +146,8 @@ pub struct CreateWebhook {
     responses((status = 201, body = WebhookOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
               (status = 409, body = crate::problem::Problem, description = "the organization has HOOKRELAY_MAX_WEBHOOKS_PER_ORG webhooks already"),
-              (status = 413, body = crate::problem::Problem)))]
+              (status = 413, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem, description = "a masked credential (`****` in the URL, `••••` as a header value) stands for one that is not stored")))]
 #[post("/webhooks")]
 pub async fn create(
     caller: Caller,
@@ -349,7 +350,8 @@ pub struct UpdateWebhook {
     request_body = UpdateWebhook,
     responses((status = 200, body = WebhookOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
-              (status = 404, body = crate::problem::Problem)))]
+              (status = 404, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem, description = "a masked credential (`****` in the URL, `••••` as a header value) stands for one that is not stored, or the URL's stored password would go to another host")))]
 #[patch("/webhooks/{id}")]
 pub async fn update(
     caller: Caller,
