@@ -1,7 +1,7 @@
 # hookrelay — `make help` lists the targets.
 SHELL := bash
 .DEFAULT_GOAL := help
-.PHONY: help run test bench bench-history lint fmt openapi stop-db clean
+.PHONY: help run test conformance bench bench-history lint fmt openapi stop-db clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
@@ -11,8 +11,11 @@ help: ## list the targets
 run: ## build and start `hookrelay serve` on 127.0.0.1:8080 (private PostgreSQL unless DATABASE_URL is reachable)
 	@scripts/run.sh
 
-test: ## provision a throwaway PostgreSQL, then run every test of the workspace
+test: ## provision a throwaway PostgreSQL, run every test of the workspace, then `make conformance`
 	@scripts/test.sh
+
+conformance: ## schemathesis (pinned, in .data/venv) against the running service's OpenAPI document
+	@scripts/conformance.sh
 
 bench: ## benchmarks (release build, private PostgreSQL, built-in receiver): table + target/bench/report.json
 	@scripts/bench.sh

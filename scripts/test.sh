@@ -14,3 +14,7 @@ psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE '
 # Process-level tests run the real binary.
 cargo build -p hookrelay --bin hookrelay
 cargo test --workspace "$@"
+
+# The OpenAPI document against the running service: a request the document allows is never
+# refused as invalid, one it forbids never accepted (schemathesis; about two minutes).
+scripts/conformance.sh

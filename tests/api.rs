@@ -1481,3 +1481,152 @@ async fn a_key_revoked_by_another_process_stops_working_within_a_second() {
     assert_eq!(check().await, 401);
     app.stop().await;
 }
+
+/// What `make conformance` found where the server and the document disagreed: each request here
+/// satisfies the document (or breaks it) and now gets the answer the document predicts.
+#[tokio::test]
+async fn requests_are_judged_as_the_openapi_document_says() {
+    let app = TestApp::spawn().await;
+    let org = app.create_org("acme").await;
+    let send = |method: Method, path: &str, body: serde_json::Value| {
+        app.req(method, path, &org.token).json(&body).send()
+    };
+
+    // JSON Schema counts 2.0 as an integer.
+    let (status, hook) = status_json(
+        send(
+            Method::POST,
+            "/api/v1/webhooks",
+            json!({"url": "https://example.com/h", "events": ["*"], "max_batch_size": 2.0,
+                   "rate_limit_per_second": 5.0}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{hook}");
+    assert_eq!(hook["max_batch_size"], 2);
+    let id = hook["id"].as_str().unwrap().to_owned();
+    let (status, problem) = status_json(
+        send(
+            Method::PATCH,
+            &format!("/api/v1/webhooks/{id}"),
+            json!({"max_batch_size": 2.5}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+
+    // A body is an object: serde would read a struct from an array of its fields.
+    let (status, problem) = status_json(
+        send(
+            Method::POST,
+            &format!("/api/v1/webhooks/{id}/rotate-secret"),
+            json!([null, null]),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "body");
+
+    // Well formed, refused by a rule no schema states: 422, not 400.
+    let (status, problem) = status_json(
+        send(
+            Method::POST,
+            &format!("/api/v1/webhooks/{id}/recover"),
+            json!({"since": "2030-01-01T00:00:00Z", "until": "2030-01-01T00:00:00Z"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "until");
+    let (status, problem) = status_json(
+        send(
+            Method::POST,
+            "/api/v1/events/batch",
+            json!({"events": [
+                {"event": "user.created", "data": {}, "idempotency_key": "k"},
+                {"event": "user.created", "data": {}, "idempotency_key": "k"}]}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    let (status, source) = status_json(
+        send(
+            Method::POST,
+            "/api/v1/sources",
+            json!({"kind": "hubble", "name": "h"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{source}");
+    let source = source["id"].as_str().unwrap().to_owned();
+    for body in [
+        json!({"secret": "0123456789abcdef"}),
+        json!({"event_type": "user.created"}),
+        json!({"ip_allowlist": ["10.0.0.1/8"]}),
+    ] {
+        let (status, problem) = status_json(
+            send(
+                Method::PATCH,
+                &format!("/api/v1/sources/{source}"),
+                body.clone(),
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 422, "{body}: {problem}");
+    }
+
+    // The body's idempotency key is checked even when the header's replaces it; its length is
+    // counted in characters, as the document's maxLength (and the column) count it.
+    let (status, problem) = status_json(
+        app.req(Method::POST, "/api/v1/events", &org.token)
+            .header("Idempotency-Key", "from-the-header")
+            .json(&json!({"event": "user.created", "data": {}, "idempotency_key": ""}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+    let (status, problem) = status_json(
+        send(
+            Method::POST,
+            "/api/v1/events",
+            json!({"event": "user.created", "data": {}, "idempotency_key": "é".repeat(200)}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{problem}");
+
+    // A NUL in a query filter is the document's 400, not the database's error.
+    let (status, problem) = status_json(
+        app.req(Method::GET, "/api/v1/webhooks?event=a%00b", &org.token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+
+    // The admin list answers the page shape the document gives it.
+    let doc: serde_json::Value = serde_json::from_str(&hookrelay_api::openapi::json()).unwrap();
+    let list = &doc["paths"]["/api/v1/admin/organizations"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"]["$ref"];
+    assert!(list.as_str().unwrap().contains("ListResponse"), "{list}");
+    app.stop().await;
+}

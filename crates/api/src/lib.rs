@@ -12,6 +12,7 @@ pub mod query;
 pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
+pub mod schema;
 pub mod validate;
 
 use actix_web::{App, HttpServer, dev::Server, web};

@@ -35,7 +35,7 @@ use crate::routes::{
         event_log::list_events, event_log::get_event, event_log::list_deliveries,
     ),
     components(schemas(crate::problem::Problem, crate::problem::FieldError)),
-    modifiers(&SecuritySchemes, &CommonResponses),
+    modifiers(&SecuritySchemes, &CommonResponses, &ExactSchemas, &Links),
     tags(
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "admin", description = "Organizations, for the operator (HOOKRELAY_ADMIN_TOKEN)"),
@@ -150,6 +150,166 @@ impl Modify for CommonResponses {
     }
 }
 
+/// Schemas no derive can state: the NUL-free `JsonValue` the request schemas refer to, and a
+/// source's create body as one shape per `kind` (which fields a kind takes is part of its shape,
+/// so a field for the other kind is a 400 the document predicts).
+struct ExactSchemas;
+
+impl Modify for ExactSchemas {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use crate::schema;
+        use serde_json::json;
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components
+            .schemas
+            .insert("JsonValue".into(), schema::json_value_component().into());
+        let to_json = |o: utoipa::openapi::schema::Object| {
+            serde_json::to_value(o).expect("a schema serializes")
+        };
+        let pull = json!({"oneOf": [{"$ref": "#/components/schemas/PullIn"}, {"type": "null"}],
+            "description": "Pull from Hubble's packets API as well as receiving pushes."});
+        let null_only = json!({"type": "null"});
+        let hubble = json!({
+            "type": "object",
+            "title": "Hubble source",
+            "additionalProperties": false,
+            "required": ["kind", "name"],
+            "properties": {
+                "kind": {"type": "string", "const": "hubble"},
+                "name": to_json(schema::key_name()),
+                "ip_allowlist": to_json(schema::allowlist_opt()),
+                "token": to_json(schema::credential_opt()),
+                "pull": pull,
+                "event_type": null_only.clone(),
+                "secret": null_only.clone(),
+            },
+        });
+        let signed = json!({
+            "type": "object",
+            "title": "Signed source",
+            "additionalProperties": false,
+            "required": ["kind", "name", "event_type"],
+            "properties": {
+                "kind": {"type": "string", "const": "signed"},
+                "name": to_json(schema::key_name()),
+                "ip_allowlist": to_json(schema::allowlist_opt()),
+                "event_type": to_json(schema::publishable_event()),
+                "secret": to_json(schema::credential_opt()),
+                "token": null_only.clone(),
+                "pull": null_only,
+            },
+        });
+        components.schemas.insert(
+            "CreateSource".into(),
+            schema::from_json(json!({
+                "description": "A Hubble source (`token`: the `HTTP-X-HUBBLE-TOKEN` Hubble sends, \
+                    generated when absent; optionally `pull`) or a signed source (`event_type` it \
+                    publishes; `secret`: the shared HMAC key, generated when absent).",
+                "oneOf": [hubble, signed],
+                "discriminator": {"propertyName": "kind"},
+            }))
+            .into(),
+        );
+    }
+}
+
+/// OpenAPI links from each create to the operations on what it created, so a client (and
+/// schemathesis' stateful phase) can follow an id from one answer to the next request.
+struct Links;
+
+/// Links to add: (name, target path under /api/v1, target method).
+type Targets = &'static [(&'static str, &'static str, &'static str)];
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, link::LinkBuilder};
+        const V1: &str = "/api/v1";
+        const ON_WEBHOOK: Targets = &[
+            ("GetWebhook", "/webhooks/{id}", "get"),
+            ("UpdateWebhook", "/webhooks/{id}", "patch"),
+            ("DeleteWebhook", "/webhooks/{id}", "delete"),
+            ("GetWebhookSecret", "/webhooks/{id}/secret", "get"),
+            (
+                "RotateWebhookSecret",
+                "/webhooks/{id}/rotate-secret",
+                "post",
+            ),
+            ("ListWebhookDeliveries", "/webhooks/{id}/deliveries", "get"),
+            ("RecoverWebhookDeliveries", "/webhooks/{id}/recover", "post"),
+            ("TestWebhook", "/webhooks/{id}/test", "post"),
+        ];
+        // (POST path, answer's status, parameter, where the answer holds it, targets)
+        let plan: [(&str, &str, &str, &str, Targets); 5] = [
+            (
+                "/keys",
+                "201",
+                "id",
+                "$response.body#/id",
+                &[
+                    ("GetKey", "/keys/{id}", "get"),
+                    ("UpdateKey", "/keys/{id}", "patch"),
+                    ("RevokeKey", "/keys/{id}", "delete"),
+                ],
+            ),
+            ("/webhooks", "201", "id", "$response.body#/id", ON_WEBHOOK),
+            (
+                "/sources",
+                "201",
+                "id",
+                "$response.body#/id",
+                &[
+                    ("GetSource", "/sources/{id}", "get"),
+                    ("UpdateSource", "/sources/{id}", "patch"),
+                    ("DeleteSource", "/sources/{id}", "delete"),
+                ],
+            ),
+            (
+                "/event-types",
+                "201",
+                "name",
+                "$response.body#/name",
+                &[("DeleteEventType", "/event-types/{name}", "delete")],
+            ),
+            (
+                "/webhooks/{id}/test",
+                "200",
+                "id",
+                "$response.body#/delivery_id",
+                &[
+                    ("GetDelivery", "/deliveries/{id}", "get"),
+                    ("RetryDelivery", "/deliveries/{id}/retry", "post"),
+                ],
+            ),
+        ];
+        for (path, status, parameter, expression, targets) in plan {
+            let Some(item) = openapi.paths.paths.get_mut(&format!("{V1}{path}")) else {
+                continue;
+            };
+            let Some(RefOr::T(response)) = item
+                .post
+                .as_mut()
+                .and_then(|o| o.responses.responses.get_mut(status))
+            else {
+                continue;
+            };
+            for (name, target, target_method) in targets {
+                // A JSON pointer into the document: `/` in the path escaped as `~1`.
+                let pointer = format!("{V1}{target}")
+                    .replace('~', "~0")
+                    .replace('/', "~1");
+                response.links.insert(
+                    (*name).to_owned(),
+                    LinkBuilder::new()
+                        .operation_ref(format!("#/paths/{pointer}/{target_method}"))
+                        .parameter(parameter, expression)
+                        .build()
+                        .into(),
+                );
+            }
+        }
+    }
+}
+
 fn is_problem(content: &utoipa::openapi::RefOr<utoipa::openapi::Content>) -> bool {
     matches!(content, utoipa::openapi::RefOr::T(c)
         if matches!(&c.schema, Some(utoipa::openapi::RefOr::Ref(r)) if r.ref_location.ends_with("/Problem")))
@@ -217,11 +377,12 @@ pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// The document as pretty JSON, byte for byte what `openapi/openapi.json` holds.
+/// The document as pretty JSON, byte for byte what `openapi/openapi.json` holds. Keys are
+/// sorted (through `serde_json::Value`): the schemas written as JSON in [`crate::schema`] keep
+/// their keywords in a hash map, whose order changes from run to run.
 pub fn json() -> String {
-    document()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes")
+    let value = serde_json::to_value(document()).expect("the OpenAPI document serializes");
+    serde_json::to_string_pretty(&value).expect("a JSON value serializes")
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -11,27 +11,31 @@ use crate::ApiSettings;
 use crate::problem::FieldError;
 
 pub const MAX_URL_LEN: usize = 2048;
-const MAX_HEADERS: usize = 20;
+pub const MAX_HEADERS: usize = 20;
+pub const MAX_HEADER_VALUE: usize = 4096;
 pub const MAX_FILTERS: usize = 20;
 /// A filter is matched against every event of its organization: its size bounds that cost.
 pub const MAX_FILTER_BYTES: usize = 8 * 1024;
 pub const MAX_FILTER_LIST: usize = 1000;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
-const MAX_EVENTS: usize = 100;
+pub const MAX_EVENTS: usize = 100;
 
 /// Headers the service sets itself; a webhook's extra headers cannot override them.
-const RESERVED_HEADERS: &[&str] = &[
+pub const RESERVED_HEADERS: &[&str] = &[
     "content-type",
     "content-length",
     "host",
     "user-agent",
     "http-x-hubble-token",
+    "x-event-type",
 ];
+/// Header name prefixes the service sets itself (signatures, ids, timestamps).
+pub const RESERVED_HEADER_PREFIXES: &[&str] = &["webhook-", "x-webhook-"];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and those that change how the request is framed or
 /// negotiated: they describe one connection, not the request, so a receiver behind a proxy
 /// would never see them and a direct one could be confused. `Proxy-*` is matched as a prefix.
-const HOP_BY_HOP_HEADERS: &[&str] = &[
+pub const HOP_BY_HOP_HEADERS: &[&str] = &[
     "connection",
     "upgrade",
     "te",
@@ -39,6 +43,7 @@ const HOP_BY_HOP_HEADERS: &[&str] = &[
     "keep-alive",
     "transfer-encoding",
 ];
+pub const HOP_BY_HOP_PREFIXES: &[&str] = &["proxy-"];
 
 /// Keeps a field's value, or records its error so every problem is reported at once.
 pub fn collect<T>(result: Result<T, FieldError>, errors: &mut Vec<FieldError>) -> Option<T> {
@@ -141,23 +146,27 @@ pub fn headers(headers: &BTreeMap<String, String>) -> Result<Value, FieldError> 
         if actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(FieldError::new(field, "not a valid HTTP header name"));
         }
-        if HOP_BY_HOP_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
+        if HOP_BY_HOP_HEADERS.contains(&lower.as_str())
+            || HOP_BY_HOP_PREFIXES.iter().any(|p| lower.starts_with(p))
+        {
             return Err(FieldError::new(
                 field,
                 "a hop-by-hop header (Connection, Upgrade, TE, Expect, Keep-Alive, Proxy-*, Transfer-Encoding) cannot be set",
             ));
         }
         if RESERVED_HEADERS.contains(&lower.as_str())
-            || lower.starts_with("webhook-")
-            || lower.starts_with("x-webhook-")
-            || lower == "x-event-type"
+            || RESERVED_HEADER_PREFIXES
+                .iter()
+                .any(|p| lower.starts_with(p))
         {
             return Err(FieldError::new(
                 field,
                 "set by hookrelay; cannot be overridden",
             ));
         }
-        if actix_web::http::header::HeaderValue::from_str(value).is_err() || value.len() > 4096 {
+        if actix_web::http::header::HeaderValue::from_str(value).is_err()
+            || value.len() > MAX_HEADER_VALUE
+        {
             return Err(FieldError::new(
                 field,
                 "not a valid HTTP header value (visible ASCII, at most 4096 bytes)",

@@ -16,8 +16,7 @@ use crate::routes::keys::CreatedKey;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrganization {
-    /// 1–200 characters.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(schema_with = crate::schema::key_name)]
     pub name: String,
 }
 
@@ -87,7 +86,8 @@ pub async fn create_organization(
 
 /// Lists every organization, newest first.
 #[utoipa::path(context_path = "/api/v1/admin", tag = "admin", security(("admin_token" = [])),
-    responses((status = 200, body = Vec<OrganizationOut>), (status = 401, body = crate::problem::Problem)))]
+    responses((status = 200, body = crate::routes::ListResponse<OrganizationOut>, description = "Every organization, in one page (`next_cursor` is null)"),
+              (status = 401, body = crate::problem::Problem)))]
 #[get("/organizations")]
 pub async fn list_organizations(_: Admin, state: web::Data<ApiState>) -> ApiResult<HttpResponse> {
     let orgs: Vec<OrganizationOut> = organizations::list_all(&state.pool)

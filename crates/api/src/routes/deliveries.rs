@@ -121,6 +121,7 @@ impl From<deliveries::Delivery> for DeliveryOut {
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     pub status: Option<DeliveryStatus>,
+    #[param(pattern = r"^[^\u0000]*$")]
     pub event: Option<String>,
     /// Created at or after (RFC 3339).
     pub since: Option<DateTime<Utc>>,
@@ -128,6 +129,8 @@ pub struct HistoryQuery {
     pub until: Option<DateTime<Utc>>,
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page (opaque; one the service did not issue is a 400).
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
 }
 
@@ -158,7 +161,7 @@ pub async fn history(
     }
     let filter = deliveries::HistoryFilter {
         status: query.status.map(|s| s.as_str().to_owned()),
-        event: query.event,
+        event: crate::routes::text_filter("event", query.event)?,
         since: query.since,
         until: query.until,
     };
@@ -254,14 +257,15 @@ pub async fn retry(
 pub struct Recover {
     /// Re-queue failed deliveries created at or after this time.
     pub since: DateTime<Utc>,
-    /// … and before this one (default: now).
+    /// … and before this one (default: now); after `since` (422 otherwise).
     pub until: Option<DateTime<Utc>>,
 }
 
 /// Re-queues a webhook's failed deliveries created in the window.
 #[utoipa::path(context_path = "/api/v1", tag = "deliveries", security(("api_key" = ["deliveries:write"])),
     params(("id" = Uuid, Path)), request_body = Recover,
-    responses((status = 202, body = Requeued), (status = 403, body = crate::problem::Problem)))]
+    responses((status = 202, body = Requeued), (status = 403, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem, description = "`until` is not after `since`")))]
 #[post("/webhooks/{id}/recover")]
 pub async fn recover(
     caller: Caller,
@@ -275,10 +279,11 @@ pub async fn recover(
         .await
         .map_err(not_found_as("webhook"))?;
     if body.until.is_some_and(|u| u <= body.since) {
-        return Err(ApiError::invalid(vec![FieldError::new(
-            "until",
-            "must be after since",
-        )]));
+        // Both are well-formed times: only their order is wrong, which no schema can state.
+        return Err(ApiError::Unprocessable {
+            detail: "until must be after since".into(),
+            errors: vec![FieldError::new("until", "must be after since")],
+        });
     }
     let ids =
         deliveries::failed_in_window(&state.pool, caller.org_id(), *id, body.since, body.until)

@@ -20,6 +20,7 @@ use crate::routes::{ListResponse, page_request};
 #[serde(deny_unknown_fields)]
 pub struct ListEventsQuery {
     /// Only events of this type.
+    #[param(pattern = r"^[^\u0000]*$")]
     pub event: Option<String>,
     /// Created at or after (RFC 3339).
     pub since: Option<DateTime<Utc>>,
@@ -27,6 +28,8 @@ pub struct ListEventsQuery {
     pub until: Option<DateTime<Utc>>,
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page (opaque; one the service did not issue is a 400).
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
 }
 
@@ -80,7 +83,7 @@ impl From<event_log::Event> for EventOut {
 pub async fn list_events(
     caller: Caller,
     state: web::Data<ApiState>,
-    query: web::Query<ListEventsQuery>,
+    query: crate::query::Query<ListEventsQuery>,
 ) -> ApiResult<web::Json<ListResponse<EventOut>>> {
     caller.require("deliveries:read")?;
     let query = query.into_inner();
@@ -136,6 +139,7 @@ pub struct ListDeliveriesQuery {
     /// Only this webhook's deliveries.
     pub webhook_id: Option<Uuid>,
     /// Only deliveries of this event type.
+    #[param(pattern = r"^[^\u0000]*$")]
     pub event: Option<String>,
     /// Created at or after (RFC 3339).
     pub since: Option<DateTime<Utc>>,
@@ -143,6 +147,8 @@ pub struct ListDeliveriesQuery {
     pub until: Option<DateTime<Utc>>,
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page (opaque; one the service did not issue is a 400).
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
 }
 
@@ -165,7 +171,7 @@ fn status_text(status: DeliveryStatus) -> &'static str {
 pub async fn list_deliveries(
     caller: Caller,
     state: web::Data<ApiState>,
-    query: web::Query<ListDeliveriesQuery>,
+    query: crate::query::Query<ListDeliveriesQuery>,
 ) -> ApiResult<web::Json<ListResponse<DeliveryOut>>> {
     caller.require("deliveries:read")?;
     let query = query.into_inner();

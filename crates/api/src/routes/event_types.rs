@@ -90,13 +90,11 @@ pub async fn list(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEventType {
-    /// Lowercase words of `[a-z0-9_]` joined by dots, e.g. `shipment.delivered`.
-    #[schema(max_length = 100, pattern = r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")]
+    #[schema(schema_with = crate::schema::event_type_name)]
     pub name: String,
+    #[schema(schema_with = crate::schema::description_opt)]
     pub description: Option<String>,
-    /// A JSON Schema (draft 2020-12 by default; an object or a boolean) that published `data`
-    /// must satisfy.
-    #[schema(value_type = Option<serde_json::Value>)]
+    #[schema(schema_with = crate::schema::json_schema_opt)]
     pub schema: Option<serde_json::Value>,
     #[serde(default)]
     pub batchable: bool,

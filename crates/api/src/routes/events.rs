@@ -21,13 +21,11 @@ pub const MAX_BATCH: usize = 1000;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"event": "device.online", "data": {"device_id": "dev_42", "site": "warehouse-a"}}))]
 pub struct PublishEvent {
-    /// A built-in or custom event type, e.g. `device.online`.
+    #[schema(schema_with = crate::schema::publishable_event)]
     pub event: String,
-    /// The event's data: a JSON object.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::schema::event_data)]
     pub data: Value,
-    /// Same as the `Idempotency-Key` header: a repeat within 24 h answers as the first time.
-    #[schema(max_length = 255)]
+    #[schema(schema_with = crate::schema::idempotency_key_opt)]
     pub idempotency_key: Option<String>,
 }
 
@@ -112,6 +110,7 @@ pub(crate) async fn validate_events(
         }
     }
     let mut schema_errors = Vec::new();
+    let mut repeated = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let at = prefix(i);
         if !catalog::is_valid_name(&e.event) {
@@ -134,13 +133,15 @@ pub(crate) async fn validate_events(
             ));
         }
         if let Some(key) = &e.idempotency_key {
-            if key.is_empty() || key.len() > 255 {
+            // Characters, as the column's CHECK counts them.
+            if key.is_empty() || key.chars().count() > 255 {
                 errors.push(FieldError::new(
                     format!("{at}idempotency_key"),
                     "1 to 255 characters",
                 ));
             } else if !seen_keys.insert(key.clone()) {
-                errors.push(FieldError::new(
+                // Well formed but contradictory: which of the two events would the key replay?
+                repeated.push(FieldError::new(
                     format!("{at}idempotency_key"),
                     "repeated within this request",
                 ));
@@ -168,6 +169,12 @@ pub(crate) async fn validate_events(
     }
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
+    }
+    if !repeated.is_empty() {
+        return Err(ApiError::Unprocessable {
+            detail: "an idempotency key appears more than once in this request".into(),
+            errors: repeated,
+        });
     }
     if !schema_errors.is_empty() {
         return Err(ApiError::Unprocessable {
@@ -204,7 +211,8 @@ async fn store(state: &ApiState, org_id: Uuid, events: Vec<NewEvent>) -> ApiResu
 
 /// Publishes one event: stored, fanned out to every subscribed webhook, and queued.
 #[utoipa::path(context_path = "/api/v1", tag = "events", security(("api_key" = ["events:write"])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]([\t -~]*[!-~])?[\t ]*$",
+        description = "Replays the first answer for 24 h (and wins over the body's `idempotency_key`): 1–255 visible ASCII characters, spaces and tabs inside (HTTP trims those around a value)")),
     request_body = PublishEvent,
     responses((status = 202, body = PublishedOut), (status = 400, body = crate::problem::Problem),
               (status = 403, body = crate::problem::Problem), (status = 422, body = crate::problem::Problem)))]
@@ -217,9 +225,8 @@ pub async fn publish(
 ) -> ApiResult<HttpResponse> {
     caller.require("events:write")?;
     let mut event = body.0;
-    if let Some(key) = idempotency_header(&req)? {
-        event.idempotency_key = Some(key);
-    }
+    let header_key = idempotency_header(&req)?;
+    // The body is checked as sent, its key included, before the header's key replaces it.
     validate_events(
         &state,
         caller.org_id(),
@@ -227,6 +234,9 @@ pub async fn publish(
         &|_| String::new(),
     )
     .await?;
+    if let Some(key) = header_key {
+        event.idempotency_key = Some(key);
+    }
     let new = NewEvent {
         event: event.event,
         data: event.data,

@@ -102,10 +102,11 @@ pub async fn list_scopes(_: Caller) -> web::Json<ScopeList> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(schema_with = crate::schema::key_name)]
     pub name: String,
-    /// Omitted or empty: every scope.
+    #[schema(schema_with = crate::schema::scopes_opt)]
     pub scopes: Option<Vec<String>>,
+    /// In the future (400 otherwise).
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -244,6 +245,8 @@ pub struct ListKeysQuery {
     /// 1–1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page (opaque; one the service did not issue is a 400).
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
 }
 
@@ -286,9 +289,9 @@ pub async fn get(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(schema_with = crate::schema::key_name_opt)]
     pub name: Option<String>,
-    /// `null` removes the expiry.
+    /// In the future (400 otherwise); `null` removes the expiry.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,

@@ -184,7 +184,7 @@ pub struct WebhookMetrics {
 pub async fn webhook_metrics(
     caller: Caller,
     state: web::Data<ApiState>,
-    query: web::Query<WebhookMetricsQuery>,
+    query: crate::query::Query<WebhookMetricsQuery>,
 ) -> ApiResult<web::Json<WebhookMetrics>> {
     caller.require("metrics:read")?;
     let (webhook_id, window) = parse(
@@ -291,7 +291,7 @@ pub struct PacketMetrics {
 pub async fn packet_metrics(
     caller: Caller,
     state: web::Data<ApiState>,
-    query: web::Query<PacketMetricsQuery>,
+    query: crate::query::Query<PacketMetricsQuery>,
 ) -> ApiResult<web::Json<PacketMetrics>> {
     caller.require("metrics:read")?;
     let (source_id, window) = parse(

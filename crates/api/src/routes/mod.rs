@@ -37,6 +37,15 @@ pub fn page_request(limit: Option<i64>, cursor: Option<&str>) -> Result<PageRequ
     Ok(PageRequest { limit, after })
 }
 
+/// A query string filter goes into SQL as text, which cannot hold NUL: refused here as the
+/// document's pattern says, not by the database.
+pub fn text_filter(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    if value.as_deref().is_some_and(|v| v.contains('\0')) {
+        return Err(ApiError::invalid_field(field, "must not contain NUL"));
+    }
+    Ok(value)
+}
+
 /// A page of a list, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ListResponse<T: ToSchema> {
@@ -52,4 +61,39 @@ where
     T: serde::Deserialize<'de>,
 {
     <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// JSON Schema counts `251.0` as the integer 251, so the document's `integer` fields accept any
+/// integral number however it is written; a fraction or a value out of range stays a 400.
+pub fn integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error;
+    let Some(n) = <Option<serde_json::Number> as serde::Deserialize>::deserialize(deserializer)?
+    else {
+        return Ok(None);
+    };
+    // Beyond 2^53 a float no longer holds every integer: such a value was not meant exactly.
+    let whole = n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0)
+            .map(|f| f as i64)
+    });
+    whole
+        .and_then(|i| T::try_from(i).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            D::Error::custom(format!("invalid value: {n}, expected an integer in range"))
+        })
+}
+
+/// [`integer`] for PATCH fields where `null` clears the value (see [`nullable`]).
+pub fn nullable_integer<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    integer(deserializer).map(Some)
 }

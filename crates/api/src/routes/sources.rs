@@ -31,11 +31,11 @@ pub enum SourceKind {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PullIn {
-    /// Hubble's API, e.g. `https://api.hubble.com`.
+    #[schema(schema_with = crate::schema::pull_base_url)]
     pub base_url: String,
-    /// Your Hubble organization id.
+    #[schema(schema_with = crate::schema::pull_org_id)]
     pub org_id: String,
-    /// A Hubble API token with the packets read scope. Never shown again.
+    #[schema(schema_with = crate::schema::pull_api_token)]
     pub api_token: String,
 }
 
@@ -117,6 +117,8 @@ fn out(state: &ApiState, s: sources::Source) -> SourceOut {
     }
 }
 
+/// The document describes this body as one schema per `kind` (see `openapi::source_kinds`):
+/// which fields a kind takes is part of its shape.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSource {
@@ -139,14 +141,22 @@ pub struct CreateSource {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSource {
+    #[schema(schema_with = crate::schema::key_name_opt)]
     pub name: Option<String>,
+    /// Signed sources only (422 for a Hubble source).
+    #[schema(schema_with = crate::schema::publishable_event_opt)]
     pub event_type: Option<String>,
+    #[schema(schema_with = crate::schema::allowlist_opt)]
     pub ip_allowlist: Option<Vec<String>>,
-    /// Hubble sources: a new `HTTP-X-HUBBLE-TOKEN` (e.g. after re-registering with Hubble).
+    /// Hubble sources: a new `HTTP-X-HUBBLE-TOKEN` (e.g. after re-registering with Hubble);
+    /// 16–512 visible ASCII characters. 422 for a signed source.
+    #[schema(schema_with = crate::schema::credential_opt)]
     pub token: Option<String>,
-    /// Signed sources: a new HMAC key.
+    /// Signed sources: a new HMAC key; 16–512 visible ASCII characters. 422 for a Hubble source.
+    #[schema(schema_with = crate::schema::credential_opt)]
     pub secret: Option<String>,
-    /// A new pull target (the stream starts over), or `null` to stop pulling.
+    /// A new pull target (the stream starts over), or `null` to stop pulling. Hubble sources
+    /// only (422 for a signed source).
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<PullIn>)]
     pub pull: Option<Option<PullIn>>,
@@ -167,19 +177,75 @@ fn credential(field: &str, text: &str) -> Result<String, FieldError> {
     Ok(text.to_owned())
 }
 
-fn allowlist(blocks: &[String]) -> Result<Vec<String>, FieldError> {
+/// The blocks, parsed. A block whose address and prefix are each well formed but that has host
+/// bits set is a 422 (`Err(Ok(..))`): its shape is right, only the combination is not.
+fn allowlist(blocks: &[String]) -> Result<Vec<String>, Result<FieldError, FieldError>> {
     if blocks.len() > 100 {
-        return Err(FieldError::new("ip_allowlist", "at most 100 CIDR blocks"));
+        return Err(Err(FieldError::new(
+            "ip_allowlist",
+            "at most 100 CIDR blocks",
+        )));
     }
     blocks
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            Cidr::parse(b)
-                .map(|c| c.to_string())
-                .map_err(|m| FieldError::new(format!("ip_allowlist[{i}]"), m))
+            Cidr::parse(b).map(|c| c.to_string()).map_err(|m| {
+                let error = FieldError::new(format!("ip_allowlist[{i}]"), m);
+                if host_bits_only(b) {
+                    Ok(error)
+                } else {
+                    Err(error)
+                }
+            })
         })
         .collect()
+}
+
+fn host_bits_only(block: &str) -> bool {
+    block.split_once('/').is_some_and(|(addr, prefix)| {
+        Cidr::parse(addr).is_ok()
+            && prefix
+                .parse::<u8>()
+                .is_ok_and(|p| p <= if addr.trim().contains(':') { 128 } else { 32 })
+    })
+}
+
+/// Sorts an allowlist's problem into the 400s or the 422s.
+fn collect_allowlist(
+    result: Result<Vec<String>, Result<FieldError, FieldError>>,
+    errors: &mut Vec<FieldError>,
+    unprocessable: &mut Vec<FieldError>,
+) -> Option<Vec<String>> {
+    match result {
+        Ok(blocks) => Some(blocks),
+        Err(Ok(e)) => {
+            unprocessable.push(e);
+            None
+        }
+        Err(Err(e)) => {
+            errors.push(e);
+            None
+        }
+    }
+}
+
+/// 400 for what the document refuses, else 422 for the rules it cannot state.
+fn refuse(errors: Vec<FieldError>, unprocessable: Vec<FieldError>) -> ApiResult<()> {
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    if !unprocessable.is_empty() {
+        let detail = match unprocessable.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            _ => format!("{} fields cannot be applied", unprocessable.len()),
+        };
+        return Err(ApiError::Unprocessable {
+            detail,
+            errors: unprocessable,
+        });
+    }
+    Ok(())
 }
 
 async fn event_type(
@@ -260,7 +326,8 @@ fn generated_credential() -> ApiResult<String> {
     responses((status = 201, body = SourceOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
               (status = 409, body = crate::problem::Problem, description = "the organization has HOOKRELAY_MAX_SOURCES_PER_ORG sources already"),
-              (status = 413, body = crate::problem::Problem)))]
+              (status = 413, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem, description = "a CIDR block with host bits set after its prefix")))]
 #[post("/sources")]
 pub async fn create(
     caller: Caller,
@@ -270,10 +337,12 @@ pub async fn create(
     caller.require("sources:write")?;
     let body = body.0;
     let mut errors = Vec::new();
+    let mut unprocessable = Vec::new();
     let name = collect(name(&body.name), &mut errors);
-    let ip_allowlist = collect(
+    let ip_allowlist = collect_allowlist(
         allowlist(&body.ip_allowlist.unwrap_or_default()),
         &mut errors,
+        &mut unprocessable,
     );
     let (secret_field, wrong_field) = match body.kind {
         SourceKind::Hubble => ("token", body.secret.as_ref().map(|_| "secret")),
@@ -324,9 +393,7 @@ pub async fn create(
             .ok(),
         (_, None) => None,
     };
-    if !errors.is_empty() {
-        return Err(ApiError::invalid(errors));
-    }
+    refuse(errors, unprocessable)?;
     let (Some(name), Some(ip_allowlist), Some(secret)) = (name, ip_allowlist, secret) else {
         unreachable!("every None pushed an error");
     };
@@ -365,6 +432,8 @@ pub async fn create(
 pub struct ListSourcesQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page (opaque; one the service did not issue is a 400).
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
 }
 
@@ -409,7 +478,8 @@ pub async fn get(
     request_body = UpdateSource,
     responses((status = 200, body = SourceOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
-              (status = 404, body = crate::problem::Problem)))]
+              (status = 404, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem, description = "a field for the other kind of source, or a CIDR block with host bits set")))]
 #[patch("/sources/{id}")]
 pub async fn update(
     caller: Caller,
@@ -424,6 +494,8 @@ pub async fn update(
         .map_err(not_found_as("source"))?;
     let signed = current.kind == "signed";
     let mut errors = Vec::new();
+    // A field for the other kind of source: well formed, but this source's kind refuses it.
+    let mut unprocessable = Vec::new();
     let mut changes = sources::SourceChanges {
         name: body
             .name
@@ -432,7 +504,7 @@ pub async fn update(
         ip_allowlist: body
             .ip_allowlist
             .as_deref()
-            .and_then(|b| collect(allowlist(b), &mut errors)),
+            .and_then(|b| collect_allowlist(allowlist(b), &mut errors, &mut unprocessable)),
         ..Default::default()
     };
     let (secret_field, given, wrong) = if signed {
@@ -449,7 +521,7 @@ pub async fn update(
         )
     };
     if let Some(field) = wrong {
-        errors.push(FieldError::new(
+        unprocessable.push(FieldError::new(
             field,
             format!("{field} is for the other kind of source"),
         ));
@@ -459,14 +531,16 @@ pub async fn update(
         (Some(t), true) => {
             changes.event_type = collect(event_type(&state, caller.org_id(), t).await?, &mut errors)
         }
-        (Some(_), false) => errors.push(FieldError::new(
+        (Some(_), false) => unprocessable.push(FieldError::new(
             "event_type",
             "a Hubble source always publishes hubble.packet",
         )),
         (None, _) => {}
     }
     match (&body.pull, signed) {
-        (Some(Some(_)), true) => errors.push(FieldError::new("pull", "only Hubble sources pull")),
+        (Some(Some(_)), true) => {
+            unprocessable.push(FieldError::new("pull", "only Hubble sources pull"))
+        }
         (Some(Some(p)), false) => match pull_config(&state, p).await {
             Ok(config) => changes.pull = Some(Some(config)),
             Err(found) => errors.extend(found),
@@ -474,9 +548,7 @@ pub async fn update(
         (Some(None), _) => changes.pull = Some(None),
         (None, _) => {}
     }
-    if !errors.is_empty() {
-        return Err(ApiError::invalid(errors));
-    }
+    refuse(errors, unprocessable)?;
     let source = sources::update(&state.pool, &state.secrets, caller.org_id(), *id, &changes)
         .await
         .map_err(not_found_as("source"))?;

@@ -15,7 +15,7 @@ use crate::ApiState;
 use crate::auth::Caller;
 use crate::body::{self, Json};
 use crate::problem::{ApiError, ApiResult, FieldError, not_found_as};
-use crate::routes::{ListResponse, nullable, page_request};
+use crate::routes::{ListResponse, integer, nullable, nullable_integer, page_request};
 use crate::validate::{self, collect};
 
 /// How a delivery's body is shaped.
@@ -110,55 +110,32 @@ impl From<webhooks::Webhook> for WebhookOut {
     }
 }
 
-/// A webhook's `filter` in the OpenAPI document, with the limits that field attributes cannot
-/// state.
-fn filter_schema() -> utoipa::openapi::schema::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
-    ObjectBuilder::new()
-        .schema_type(
-            [Type::Object, Type::Null]
-                .into_iter()
-                .collect::<utoipa::openapi::schema::SchemaType>(),
-        )
-        .max_properties(Some(validate::MAX_FILTERS))
-        .description(Some(format!(
-            "JSON pointer → value (or list of values) over the event data; all must match. At \
-             most {} conditions, {} values in a list and {} bytes of JSON (400 naming `filter` \
-             above).",
-            validate::MAX_FILTERS,
-            validate::MAX_FILTER_LIST,
-            validate::MAX_FILTER_BYTES
-        )))
-        .build()
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// Absolute https:// URL, at most 2048 characters.
-    #[schema(max_length = 2048)]
+    #[schema(schema_with = crate::schema::webhook_url)]
     pub url: String,
-    /// Event types; `*` for all, `device.*` for a prefix.
-    #[schema(min_items = 1, max_items = 100)]
+    #[schema(schema_with = crate::schema::subscriptions_required)]
     pub events: Vec<String>,
+    #[schema(schema_with = crate::schema::description_opt)]
     pub description: Option<String>,
     /// Default true.
     pub active: Option<bool>,
-    /// `whsec_` + base64 of 24–64 bytes; generated when omitted.
-    #[schema(pattern = r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}$")]
+    #[schema(schema_with = crate::schema::webhook_secret_opt)]
     pub secret: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::schema::metadata_opt)]
     pub metadata: Option<Map<String, Value>>,
-    /// Extra request headers; they cannot override hookrelay's own nor be hop-by-hop
-    /// (`Connection`, `Upgrade`, `TE`, `Expect`, `Keep-Alive`, `Proxy-*`,
-    /// `Transfer-Encoding`). Values are stored encrypted and never shown again.
+    #[schema(schema_with = crate::schema::headers_create)]
     pub headers: Option<BTreeMap<String, String>>,
-    #[schema(schema_with = filter_schema)]
+    #[schema(schema_with = crate::schema::filter_opt)]
     pub filter: Option<Map<String, Value>>,
     /// 1–1000; above 1, batchable events are grouped into one request.
+    #[serde(default, deserialize_with = "integer")]
     #[schema(minimum = 1, maximum = 1000)]
     pub max_batch_size: Option<i32>,
     pub payload_format: Option<PayloadFormat>,
+    /// 1–10000 deliveries a second to this endpoint; unlimited when omitted.
+    #[serde(default, deserialize_with = "integer")]
     #[schema(minimum = 1, maximum = 10000)]
     pub rate_limit_per_second: Option<i32>,
 }
@@ -169,7 +146,8 @@ pub struct CreateWebhook {
     responses((status = 201, body = WebhookOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
               (status = 409, body = crate::problem::Problem, description = "the organization has HOOKRELAY_MAX_WEBHOOKS_PER_ORG webhooks already"),
-              (status = 413, body = crate::problem::Problem)))]
+              (status = 413, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem, description = "a masked credential (`****` in the URL, `••••` as a header value) stands for one that is not stored")))]
 #[post("/webhooks")]
 pub async fn create(
     caller: Caller,
@@ -180,9 +158,11 @@ pub async fn create(
     let body = body.0;
     let known = event_types::known_names(&state.pool, caller.org_id()).await?;
     let mut errors = Vec::new();
+    // A mask standing for stored credentials that do not exist: well formed, so 422.
+    let mut unprocessable = Vec::new();
     let url = match validate::unmask_url(&body.url, None) {
         Ok(u) => collect(validate::url(&u, &state.settings).await, &mut errors),
-        Err(e) => collect(Err(e), &mut errors),
+        Err(e) => collect(Err(e), &mut unprocessable),
     };
     let events = collect(validate::events(&body.events, &known), &mut errors);
     let description = body
@@ -205,10 +185,10 @@ pub async fn create(
         &mut errors,
     );
     let headers = collect(
-        validate::unmask_headers(&body.headers.unwrap_or_default(), None)
-            .and_then(|h| validate::headers(&h)),
-        &mut errors,
-    );
+        validate::unmask_headers(&body.headers.unwrap_or_default(), None),
+        &mut unprocessable,
+    )
+    .and_then(|h| collect(validate::headers(&h), &mut errors));
     let filter = body.filter.as_ref().map(validate::filter).transpose();
     let filter = collect(filter, &mut errors).flatten();
     let max_batch_size = collect(
@@ -222,6 +202,12 @@ pub async fn create(
     let rate_limit = collect(rate_limit, &mut errors).flatten();
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
+    }
+    if !unprocessable.is_empty() {
+        return Err(ApiError::Unprocessable {
+            detail: "a masked value stands for a stored one this webhook does not have".into(),
+            errors: unprocessable,
+        });
     }
     let (
         Some(url),
@@ -270,12 +256,15 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct ListWebhooksQuery {
     /// Only webhooks whose subscriptions cover this event type.
+    #[param(pattern = r"^[^\u0000]*$")]
     pub event: Option<String>,
     pub active: Option<bool>,
     pub health: Option<HealthStatus>,
     /// 1–1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page (opaque; one the service did not issue is a 400).
+    #[param(min_length = 1, pattern = r"^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
 }
 
@@ -293,7 +282,7 @@ pub async fn list(
     let query = query.into_inner();
     let page = page_request(query.limit, query.cursor.as_deref())?;
     let filter = webhooks::ListFilter {
-        event: query.event,
+        event: crate::routes::text_filter("event", query.event)?,
         active: query.active,
         health: query.health.map(|h| h.as_str().to_owned()),
     };
@@ -324,27 +313,32 @@ pub async fn get(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
+    #[schema(schema_with = crate::schema::webhook_url_opt)]
     pub url: Option<String>,
+    #[schema(schema_with = crate::schema::subscriptions_opt)]
     pub events: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::schema::description_opt)]
     pub description: Option<Option<String>>,
     /// `true` re-activates a webhook and resets its health; `false` pauses it (deliveries are
     /// kept, parked, and sent after re-activation).
     pub active: Option<bool>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::schema::metadata_opt)]
     pub metadata: Option<Map<String, Value>>,
-    /// Replaces the whole map. A value sent as `••••` (as reads show it) keeps the stored value
-    /// of that header.
+    #[schema(schema_with = crate::schema::headers_update)]
     pub headers: Option<BTreeMap<String, String>>,
     /// `null` removes the filter.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(schema_with = filter_schema)]
+    #[schema(schema_with = crate::schema::filter_opt)]
     pub filter: Option<Option<Map<String, Value>>>,
+    /// 1–1000.
+    #[serde(default, deserialize_with = "integer")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_batch_size: Option<i32>,
     pub payload_format: Option<PayloadFormat>,
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<i32>)]
+    /// 1–10000; `null` removes the limit.
+    #[serde(default, deserialize_with = "nullable_integer")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 10000)]
     pub rate_limit_per_second: Option<Option<i32>>,
 }
 
@@ -356,7 +350,8 @@ pub struct UpdateWebhook {
     request_body = UpdateWebhook,
     responses((status = 200, body = WebhookOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
-              (status = 404, body = crate::problem::Problem)))]
+              (status = 404, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem, description = "a masked credential (`****` in the URL, `••••` as a header value) stands for one that is not stored, or the URL's stored password would go to another host")))]
 #[patch("/webhooks/{id}")]
 pub async fn update(
     caller: Caller,
@@ -371,6 +366,8 @@ pub async fn update(
         .await
         .map_err(not_found_as("webhook"))?;
     let mut errors = Vec::new();
+    // A mask standing for stored credentials that do not exist: well formed, so 422.
+    let mut unprocessable = Vec::new();
     // Masks sent back (as GET shows them) stand for the stored credentials.
     let stored = if body.url.is_some() || body.headers.is_some() {
         Some(
@@ -384,7 +381,7 @@ pub async fn update(
     let url = match &body.url {
         Some(u) => match validate::unmask_url(u, stored.as_ref().map(|(u, _)| u.as_str())) {
             Ok(u) => collect(validate::url(&u, &state.settings).await, &mut errors),
-            Err(e) => collect(Err(e), &mut errors),
+            Err(e) => collect(Err(e), &mut unprocessable),
         },
         None => None,
     };
@@ -406,10 +403,10 @@ pub async fn update(
         .and_then(|m| collect(validate::metadata(m), &mut errors));
     let headers = body.headers.as_ref().and_then(|h| {
         collect(
-            validate::unmask_headers(h, stored.as_ref().map(|(_, h)| h))
-                .and_then(|h| validate::headers(&h)),
-            &mut errors,
+            validate::unmask_headers(h, stored.as_ref().map(|(_, h)| h)),
+            &mut unprocessable,
         )
+        .and_then(|h| collect(validate::headers(&h), &mut errors))
     });
     let filter = match &body.filter {
         Some(Some(f)) => collect(validate::filter(f), &mut errors).map(Some),
@@ -426,6 +423,12 @@ pub async fn update(
     };
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
+    }
+    if !unprocessable.is_empty() {
+        return Err(ApiError::Unprocessable {
+            detail: "a masked value stands for a stored one this webhook does not have".into(),
+            errors: unprocessable,
+        });
     }
     let changes = webhooks::WebhookChanges {
         url,
@@ -502,9 +505,10 @@ pub async fn get_secret(
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
     /// The new secret; generated when omitted.
-    #[schema(pattern = r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}$")]
+    #[schema(schema_with = crate::schema::webhook_secret_opt)]
     pub secret: Option<String>,
     /// How long the old secret keeps signing: 0 to 604800 seconds, default 86400 (24 h).
+    #[serde(default, deserialize_with = "integer")]
     #[schema(minimum = 0, maximum = 604800)]
     pub grace_period_seconds: Option<i64>,
 }
