@@ -37,7 +37,7 @@ pub enum BodyEncoding {
 }
 
 impl DeliveryStatus {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Retrying => "retrying",

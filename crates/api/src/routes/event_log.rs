@@ -152,16 +152,6 @@ pub struct ListDeliveriesQuery {
     pub cursor: Option<String>,
 }
 
-fn status_text(status: DeliveryStatus) -> &'static str {
-    match status {
-        DeliveryStatus::Pending => "pending",
-        DeliveryStatus::Retrying => "retrying",
-        DeliveryStatus::Sent => "sent",
-        DeliveryStatus::Failed => "failed",
-        DeliveryStatus::Cancelled => "cancelled",
-    }
-}
-
 /// The organization's deliveries across every webhook, newest first.
 #[utoipa::path(context_path = "/api/v1", tag = "deliveries", security(("api_key" = ["deliveries:read"])),
     params(ListDeliveriesQuery),
@@ -177,7 +167,7 @@ pub async fn list_deliveries(
     let query = query.into_inner();
     let page = page_request(query.limit, query.cursor.as_deref())?;
     let filter = DeliveryFilter {
-        status: query.status.map(|s| status_text(s).to_owned()),
+        status: query.status.map(|s| s.as_str().to_owned()),
         webhook_id: query.webhook_id,
         event: query.event,
         since: query.since,
