@@ -138,6 +138,10 @@ else
     opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
   else
     opts="$opts -c shared_buffers=256MB"
+    # make bench reports each phase's costliest statements from it.
+    if [ "$mode" = bench ] && [ -e "$bin_dir/../lib/pg_stat_statements.so" ]; then
+      opts="$opts -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+    fi
   fi
   (close_inherited_fds; as_owner "$bin_dir/pg_ctl" -D "$dir" -l "$dir/server.log" -o "$opts" -w -t 60 start >/dev/null) \
     || { log "PostgreSQL did not start; see $dir/server.log"; tail -20 "$dir/server.log" >&2; exit 1; }

@@ -13,8 +13,13 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 fn worker(app: &TestApp, env: &[(&str, &str)]) -> Child {
+    process(app, "worker", env)
+}
+
+/// `hookrelay <command>` on the app's database, with its encryption key.
+fn process(app: &TestApp, command: &str, env: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(hookrelay_bin());
-    cmd.arg("worker")
+    cmd.arg(command)
         .envs(test_env(&app.db))
         .env("RUST_LOG", "warn")
         .kill_on_drop(true);
@@ -23,7 +28,7 @@ fn worker(app: &TestApp, env: &[(&str, &str)]) -> Child {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("start hookrelay worker")
+    cmd.spawn().expect("start hookrelay")
 }
 
 /// An API-only service, so deliveries are made only by the worker processes under test.
@@ -96,6 +101,98 @@ async fn a_worker_killed_mid_delivery_loses_nothing() {
     assert_eq!(per_delivery.len(), 20);
     let duplicates: usize = per_delivery.values().map(|n| n - 1).sum();
     eprintln!("crash test: 20 deliveries, {duplicates} duplicate requests caused by the kill");
+    app.stop().await;
+}
+
+/// `serve` leases fresh deliveries to its own worker in the publishing statement (no claim):
+/// killed while those are in flight, it loses none of them.
+#[tokio::test]
+async fn a_serve_process_killed_with_handed_off_deliveries_loses_nothing() {
+    let app = api_only().await;
+    let org = app.create_org("acme").await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::slow(Duration::from_millis(1500)));
+    app.create_webhook(&org, json!({"url": rx.url, "events": ["*"]}))
+        .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let settings = [
+        ("HOOKRELAY_LEASE", "3s"),
+        ("HOOKRELAY_DELIVERY_TIMEOUT", "2s"),
+        ("HOOKRELAY_LISTEN", listen.as_str()),
+    ];
+    let mut serve = process(&app, "serve", &settings);
+    let base = format!("http://{listen}");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            app.http
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await,
+        "serve came up"
+    );
+    // Single publishes, one at a time: each is handed to serve's idle worker.
+    for i in 0..8 {
+        let resp = app
+            .http
+            .post(format!("{base}/api/v1/events"))
+            .bearer_auth(&org.token)
+            .json(&json!({"event": "user.created", "data": {"i": i}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    rx.wait_for(8, Duration::from_secs(20)).await;
+    let metrics = app
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let handed_off: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookrelay_deliveries_handed_off_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        handed_off >= 1.0,
+        "serve handed deliveries to its worker: {handed_off}"
+    );
+    serve.start_kill().unwrap();
+    let _ = serve.wait().await;
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM delivery_jobs WHERE state = 'running'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(leased > 0, "the kill landed while deliveries were leased");
+
+    rx.set_default(Reply::status(200));
+    let mut second = worker(&app, &settings[..2]);
+    let all_sent = eventually(Duration::from_secs(40), || async {
+        delivery_statuses(&app.db.pool).await.get("sent") == Some(&8)
+    })
+    .await;
+    second.start_kill().unwrap();
+    let _ = second.wait().await;
+    assert!(all_sent, "{:?}", delivery_statuses(&app.db.pool).await);
+    let ids: std::collections::HashSet<String> = rx
+        .hits()
+        .iter()
+        .map(|h| h.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 8, "every delivery reached the receiver");
     app.stop().await;
 }
 

@@ -391,6 +391,8 @@ async fn webhooks_the_claim_visits(conn: &mut sqlx::PgConnection) -> i64 {
     .bind(60.0_f64)
     .bind("explain")
     .bind(16_i32)
+    .bind(Vec::<uuid::Uuid>::new())
+    .bind(Vec::<i32>::new())
     .fetch_one(&mut *tx)
     .await
     .unwrap();

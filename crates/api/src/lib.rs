@@ -136,6 +136,17 @@ impl ApiState {
             large_ingests: Default::default(),
         }
     }
+
+    /// For a process that also runs delivery workers (`serve`): single-event publishes lease
+    /// what the local worker has room for to it and hand it over at commit.
+    pub fn hand_off_to(mut self, handoff: Arc<dyn hookrelay_storage::events::Handoff>) -> Self {
+        self.publisher = hookrelay_storage::group_commit::GroupPublisher::spawn_handing_off(
+            self.pool.clone(),
+            self.max_attempts,
+            Some(handoff),
+        );
+        self
+    }
 }
 
 /// Routes and per-route configuration, shared by the server and by tests that build an `App`.

@@ -11,6 +11,7 @@ mod phases;
 mod receiver;
 mod report;
 mod service;
+mod statements;
 
 use anyhow::Context;
 use phases::{Bench, Options};
@@ -35,6 +36,7 @@ async fn run_phase(b: &mut Bench, phase: &str) -> anyhow::Result<()> {
         "latency" => phases::latency::run(b).await,
         "publish" => phases::publish::single(b).await,
         "batch" => phases::publish::batch(b).await,
+        "sustained" => phases::sustained::run(b).await,
         "delivery" => phases::delivery::run(b).await,
         "fanout" => phases::fanout::run(b).await,
         "memory" => phases::memory::run(b).await,
@@ -95,7 +97,14 @@ async fn main() -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
         let t0 = Instant::now();
-        if let Err(err) = run_phase(&mut bench, phase).await {
+        let cpu = cpu::Cpu::start(None);
+        statements::reset(&bench.svc.pool).await;
+        let outcome = run_phase(&mut bench, phase).await;
+        bench.report.cpu(phase, &cpu.busy());
+        if let Some(top) = statements::top(&bench.svc.pool).await {
+            bench.report.detail(&format!("{phase}_statements"), top);
+        }
+        if let Err(err) = outcome {
             // One phase failing should not cost the figures of the others.
             eprintln!("bench: phase {phase} failed: {err:#}");
             bench

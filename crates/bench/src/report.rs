@@ -19,6 +19,8 @@ pub enum Goal {
     OfCeiling(f64),
     /// The value is at most this, in the row's unit.
     AtMost(f64),
+    /// The value is at least this, in the row's unit (a figure quoted from another service).
+    AtLeast(f64),
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,7 @@ impl Row {
             Goal::None => None,
             Goal::OfCeiling(pct) => self.ratio().map(|r| 100.0 * r >= pct),
             Goal::AtMost(limit) => Some(self.value <= limit),
+            Goal::AtLeast(limit) => Some(self.value >= limit),
         }
     }
 
@@ -95,6 +98,7 @@ impl Row {
             Goal::None => "—".into(),
             Goal::OfCeiling(pct) => format!("≥ {pct:.0} % of ceiling"),
             Goal::AtMost(limit) => format!("≤ {} {}", number(limit), self.unit),
+            Goal::AtLeast(limit) => format!("≥ {} {}", number(limit), self.unit),
         }
     }
 }
@@ -114,6 +118,8 @@ fn number(v: f64) -> String {
 pub struct Report {
     rows: Vec<Row>,
     details: serde_json::Map<String, Value>,
+    /// Per phase: cores kept busy by this process (service, load, receiver) and by PostgreSQL.
+    cpu: Vec<(String, f64, f64)>,
 }
 
 impl Report {
@@ -124,6 +130,20 @@ impl Report {
     /// A phase's measurements beyond its rows, under `key` in report.json.
     pub fn detail(&mut self, key: &str, value: Value) {
         self.details.insert(key.to_owned(), value);
+    }
+
+    /// Where the cores went during a phase.
+    pub fn cpu(&mut self, phase: &str, busy: &Value) {
+        let get = |k: &str| {
+            busy[k].as_f64().unwrap_or(0.0)
+                + if k == "this_process" {
+                    busy["child"].as_f64().unwrap_or(0.0)
+                } else {
+                    0.0
+                }
+        };
+        self.cpu
+            .push((phase.to_owned(), get("this_process"), get("postgres")));
     }
 
     /// The value of an earlier row, for a later phase to compare against.
@@ -165,6 +185,14 @@ impl Report {
                 met,
             );
         }
+        if !self.cpu.is_empty() {
+            println!(
+                "\ncores busy per phase (2.00 = both cores): hookrelay + bench load/receiver | PostgreSQL"
+            );
+            for (phase, ours, postgres) in &self.cpu {
+                println!("  {phase:<10} {ours:>5.2} | {postgres:>5.2}");
+            }
+        }
     }
 
     pub fn to_json(&self) -> Value {
@@ -187,6 +215,13 @@ impl Report {
             .collect();
         let mut out = self.details.clone();
         out.insert("table".into(), Value::Array(table));
+        out.insert(
+            "cores_busy_per_phase".into(),
+            self.cpu
+                .iter()
+                .map(|(p, o, pg)| json!({"phase": p, "hookrelay_and_bench": o, "postgres": pg}))
+                .collect(),
+        );
         Value::Object(out)
     }
 }

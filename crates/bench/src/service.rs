@@ -75,6 +75,19 @@ impl Service {
         hookrelay::build(&self.config, None, Roles::WORKER).await
     }
 
+    /// `hookrelay serve` in this process: its own API (on a free port; returned) and workers,
+    /// so its publishes hand fresh deliveries straight to its workers.
+    pub async fn serve(&self) -> anyhow::Result<(Running, String)> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let roles = Roles {
+            migrate: false,
+            ..Roles::SERVE
+        };
+        let running = hookrelay::build(&self.config, Some(listener), roles).await?;
+        let base = format!("http://{}", running.api_addr.context("API address")?);
+        Ok((running, base))
+    }
+
     pub async fn stop(self) {
         self.api.stop().await;
         self.pool.close().await;

@@ -243,6 +243,11 @@ pub async fn build(
             shed,
             worker_settings(config),
         );
+        // `serve`: what this process's worker has room for skips the queue's round trips.
+        let state = match &workers {
+            Some(workers) => state.hand_off_to(workers.handoff()),
+            None => state,
+        };
         let server = hookrelay_api::serve(listener, state)?;
         let handle = server.handle();
         let task = tokio::spawn(server);

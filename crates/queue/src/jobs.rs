@@ -46,8 +46,9 @@ pub struct Work {
 }
 
 /// The claim statement ([`claim`]): `$1` limit, `$2` lease in seconds, `$3` worker, `$4` the
-/// per-endpoint cap. Public so tests can read its plan: its skip scan must visit only webhooks
-/// with due work, however many idle retries other tenants hold.
+/// per-endpoint cap, `$5`/`$6` the claimer's ended attempts (delivery ids and attempt numbers)
+/// whose records are not committed yet. Public so tests can read its plan: its skip scan must
+/// visit only webhooks with due work, however many idle retries other tenants hold.
 pub const CLAIM: &str = "WITH RECURSIVE hooks AS (
              (SELECT org_id, webhook_id, scheduled_at FROM delivery_jobs
                WHERE state = 'available'
@@ -62,10 +63,18 @@ pub const CLAIM: &str = "WITH RECURSIVE hooks AS (
              SELECT org_id, webhook_id, scheduled_at AS first_due,
                     row_number() OVER (PARTITION BY org_id ORDER BY scheduled_at) AS turn
                FROM hooks WHERE scheduled_at <= now()),
+         ended AS (
+             SELECT j.org_id, j.webhook_id, count(*) AS n
+               FROM unnest($5::uuid[], $6::int[]) AS e(id, attempt)
+               JOIN delivery_jobs j ON j.delivery_id = e.id AND j.attempt = e.attempt
+              WHERE j.delivery_id = ANY($5) AND j.state = 'running'
+              GROUP BY j.org_id, j.webhook_id),
          room AS (
              SELECT d.org_id, d.webhook_id, d.turn, d.first_due, w.rate_limit_per_second AS rate,
                     LEAST($4 - (SELECT count(*) FROM delivery_jobs r
-                                 WHERE r.org_id = d.org_id AND r.webhook_id = d.webhook_id AND r.state = 'running'),
+                                 WHERE r.org_id = d.org_id AND r.webhook_id = d.webhook_id AND r.state = 'running')
+                             + COALESCE((SELECT e.n FROM ended e
+                                          WHERE e.org_id = d.org_id AND e.webhook_id = d.webhook_id), 0),
                           COALESCE(w.rate_limit_per_second
                                    - COALESCE((SELECT s.sent FROM webhook_send_windows s
                                                 WHERE s.org_id = d.org_id AND s.webhook_id = d.webhook_id
@@ -106,7 +115,8 @@ pub const CLAIM: &str = "WITH RECURSIVE hooks AS (
 /// Claims up to `limit` due jobs for `worker`, leased for `lease`, in one statement:
 ///
 /// 1. every webhook with available work, found by a skip scan (one index probe per webhook);
-/// 2. those with due work, each with its room: `per_endpoint` minus its attempts in flight, and
+/// 2. those with due work, each with its room: `per_endpoint` minus its attempts in flight (jobs
+///    `running`, less those whose attempt has ended and only waits for its record: `ended`), and
 ///    for a rate-limited webhook what is left of this second's allowance;
 /// 3. taken in turns: each organization's longest-waiting webhook first, then its second…, so a
 ///    tenant with a huge backlog or many webhooks gets the same turns as any other;
@@ -119,11 +129,28 @@ pub async fn claim(
     lease: Duration,
     per_endpoint: i32,
 ) -> Result<Vec<ClaimedJob>, QueueError> {
+    claim_beside_ended(pool, worker, limit, lease, per_endpoint, &[]).await
+}
+
+/// [`claim`] for a worker whose `ended` attempts (delivery id, attempt) are over but not yet
+/// recorded: their endpoints' room is free again now, not only once the record batch commits,
+/// so a capped endpoint refills as soon as an attempt ends.
+pub async fn claim_beside_ended(
+    pool: &PgPool,
+    worker: &str,
+    limit: i64,
+    lease: Duration,
+    per_endpoint: i32,
+    ended: &[(Uuid, i32)],
+) -> Result<Vec<ClaimedJob>, QueueError> {
+    let (ids, attempts): (Vec<Uuid>, Vec<i32>) = ended.iter().copied().unzip();
     Ok(sqlx::query_as(CLAIM)
         .bind(limit)
         .bind(lease.as_secs_f64())
         .bind(worker)
         .bind(per_endpoint)
+        .bind(&ids)
+        .bind(&attempts)
         .fetch_all(pool)
         .await?)
 }

@@ -6,6 +6,7 @@
 
 mod batcher;
 pub mod deliver;
+pub mod handoff;
 pub mod jobs;
 pub mod maintenance;
 pub mod metrics;
@@ -94,7 +95,7 @@ impl Default for WorkerSettings {
             concurrency: 256,
             endpoint_concurrency: 16,
             batch_linger: Duration::from_secs(2),
-            claim_batch: 50,
+            claim_batch: 256,
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(35),
             disable_after_failures: 5,
@@ -145,9 +146,21 @@ impl Worker {
             settings: self.settings,
             secrets: self.secrets,
             metrics: self.metrics,
+            ended: Default::default(),
         });
-        tasks.spawn(worker::run(context, stopped));
-        WorkerHandle { stop, tasks }
+        let (records, inbox) = worker::record_channel();
+        let local = std::sync::Arc::new(handoff::Local::new(context.settings.concurrency, records));
+        let handoff = std::sync::Arc::new(handoff::LocalHandoff {
+            ctx: context.clone(),
+            local: local.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        tasks.spawn(worker::run(context, local, inbox, stopped));
+        WorkerHandle {
+            stop,
+            tasks,
+            handoff,
+        }
     }
 }
 
@@ -170,6 +183,7 @@ pub async fn attempt_now(
         metrics: metrics::QueueMetrics::default(),
         client: client.clone(),
         worker_id: "api-test".into(),
+        ended: Default::default(),
     };
     let record = worker::send(&context, work).await;
     jobs::record_isolated(
@@ -184,9 +198,16 @@ pub async fn attempt_now(
 pub struct WorkerHandle {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    handoff: std::sync::Arc<handoff::LocalHandoff>,
 }
 
 impl WorkerHandle {
+    /// For the publishers of this process: deliveries this worker has room for are leased to it
+    /// at publish and sent as soon as their publish commits.
+    pub fn handoff(&self) -> std::sync::Arc<dyn hookrelay_storage::events::Handoff> {
+        self.handoff.clone()
+    }
+
     /// Asks every loop to stop after its current step and waits for them.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);

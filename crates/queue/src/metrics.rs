@@ -26,6 +26,8 @@ pub struct QueueMetrics {
     pub leases_rescued: Counter,
     /// Delivery rows removed by retention.
     pub deliveries_pruned: Counter,
+    /// Deliveries leased to this process's worker at publish, never claimed (`serve`).
+    pub handed_off: Counter,
 }
 
 impl Default for QueueMetrics {
@@ -39,6 +41,7 @@ impl Default for QueueMetrics {
             queue_lag_seconds: Gauge::default(),
             leases_rescued: Counter::default(),
             deliveries_pruned: Counter::default(),
+            handed_off: Counter::default(),
         }
     }
 }
@@ -75,6 +78,11 @@ impl QueueMetrics {
             "deliveries_pruned",
             "Delivery rows removed by retention",
             m.deliveries_pruned.clone(),
+        );
+        registry.register(
+            "deliveries_handed_off",
+            "Deliveries leased to this process's worker by the publish that created them (serve)",
+            m.handed_off.clone(),
         );
         m
     }

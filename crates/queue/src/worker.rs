@@ -10,10 +10,11 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 
 use crate::deliver::{self, Request};
+use crate::handoff::{Local, Room};
 use crate::jobs::{self, Next, Record, Work};
 use crate::metrics::QueueMetrics;
 use crate::retry::{next_delay, random_jitter};
@@ -25,6 +26,9 @@ const RECORD_BUFFER: usize = 4096;
 const RECORD_BATCH: usize = 500;
 /// How soon to look again when due work is held back by caps or rate limits.
 const BLOCKED_RECHECK: Duration = Duration::from_millis(50);
+/// After an attempt ends, how long the claim loop lets others end before it claims their room:
+/// one claim then refills several slots instead of one claim statement per ended attempt.
+const ROOM_GATHER: Duration = Duration::from_millis(1);
 
 pub(crate) struct Context {
     pub pool: PgPool,
@@ -33,10 +37,51 @@ pub(crate) struct Context {
     pub metrics: QueueMetrics,
     pub client: reqwest::Client,
     pub worker_id: String,
+    /// Attempts of this worker that have ended and wait for their records (delivery id →
+    /// attempt): still `running` in the table, but no longer taking room at their endpoint.
+    pub ended: Ended,
 }
 
-pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
-    let wake = Arc::new(Notify::new());
+/// See [`Context::ended`].
+#[derive(Default)]
+pub(crate) struct Ended(std::sync::Mutex<std::collections::HashMap<uuid::Uuid, i32>>);
+
+impl Ended {
+    fn add(&self, delivery_id: uuid::Uuid, attempt: i32) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .insert(delivery_id, attempt);
+    }
+
+    fn snapshot(&self) -> Vec<(uuid::Uuid, i32)> {
+        let ended = self.0.lock().expect("not poisoned");
+        ended.iter().map(|(id, attempt)| (*id, *attempt)).collect()
+    }
+
+    /// Their records are committed: the table no longer counts them as running.
+    fn recorded(&self, records: &[Record]) {
+        let mut ended = self.0.lock().expect("not poisoned");
+        for r in records {
+            if ended.get(&r.job.delivery_id) == Some(&r.job.attempt) {
+                ended.remove(&r.job.delivery_id);
+            }
+        }
+    }
+}
+
+/// The buffer between senders and the recorder.
+pub(crate) fn record_channel() -> (mpsc::Sender<Record>, mpsc::Receiver<Record>) {
+    mpsc::channel(RECORD_BUFFER)
+}
+
+pub(crate) async fn run(
+    ctx: Arc<Context>,
+    local: Arc<Local>,
+    inbox: mpsc::Receiver<Record>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let wake = local.wake.clone();
     let wake_batcher = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(
         ctx.pool.clone(),
@@ -50,7 +95,6 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
         wake_batcher,
         stopped.clone(),
     ));
-    let (records, inbox) = mpsc::channel(RECORD_BUFFER);
     let promote_at = Arc::new(PromoteAt::default());
     let recorder = tokio::spawn(record_loop(
         ctx.clone(),
@@ -58,7 +102,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
         wake.clone(),
         promote_at.clone(),
     ));
-    let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
+    let slots = local.slots.clone();
 
     loop {
         if *stopped.borrow() {
@@ -93,12 +137,13 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
             continue;
         }
         let want = free.min(ctx.settings.claim_batch);
-        let claimed = match jobs::claim(
+        let claimed = match jobs::claim_beside_ended(
             &ctx.pool,
             &ctx.worker_id,
             want as i64,
             ctx.settings.lease,
             ctx.settings.endpoint_concurrency,
+            &ctx.ended.snapshot(),
         )
         .await
         {
@@ -113,8 +158,9 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
         };
         let full = claimed.len() == want;
         if !claimed.is_empty() {
+            local.set_quiet(false);
             match jobs::load(&ctx.pool, &claimed).await {
-                Ok(work) => dispatch(&ctx, work, &slots, &records).await,
+                Ok(work) => dispatch(&ctx, &local, work).await,
                 // The claims stay leased; the rescuer re-queues them when the lease runs out.
                 Err(err) => tracing::warn!(error = %err, "loading claimed deliveries failed"),
             }
@@ -128,6 +174,9 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
             if (wait.is_zero() && !claimed.is_empty()) || promote_at.is_due() {
                 continue;
             }
+            // Nothing claimable is waiting: deliveries published in this process may go
+            // straight to this worker without overtaking anyone.
+            local.set_quiet(!wait.is_zero());
             let wait = wait.min(promote_at.remaining());
             // Work is due but none was claimable: its webhooks are at their in-flight cap or
             // rate limit (or another worker holds them). A finished attempt wakes us sooner.
@@ -138,38 +187,53 @@ pub(crate) async fn run(ctx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
             };
             tokio::select! {
                 _ = wake.notified() => {}
+                _ = local.room_freed.notified() => tokio::time::sleep(ROOM_GATHER).await,
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
                 _ = stopped.changed() => {}
             }
         }
     }
     // Let in-flight attempts finish (each is bounded by the delivery timeout), then flush.
+    local.close();
     let all = u32::try_from(ctx.settings.concurrency).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(ctx.settings.shutdown_grace, slots.acquire_many(all)).await;
-    drop(records);
     let _ = recorder.await;
     let _ = batcher.await;
     listener.abort();
 }
 
-/// Sends every job of `work` on its own task; parks jobs whose webhook is inactive.
-async fn dispatch(
+/// Sends every claimed job of `work` on its own task, each once it has a slot.
+async fn dispatch(ctx: &Arc<Context>, local: &Arc<Local>, work: Vec<Work>) {
+    let mut with_room = Vec::with_capacity(work.len());
+    for work in work {
+        let Ok(permit) = local.slots.clone().acquire_owned().await else {
+            return;
+        };
+        let room = local.claimed_room(work.job.webhook_id, permit);
+        with_room.push((work, room));
+    }
+    dispatch_with_room(ctx, local, with_room).await;
+}
+
+/// Sends every job on its own task, in the room taken for it; parks jobs whose webhook is
+/// inactive.
+pub(crate) async fn dispatch_with_room(
     ctx: &Arc<Context>,
-    work: Vec<Work>,
-    slots: &Arc<Semaphore>,
-    records: &mpsc::Sender<Record>,
+    local: &Arc<Local>,
+    work: Vec<(Work, Room)>,
 ) {
-    let (inactive, sendable): (Vec<Work>, Vec<Work>) = work.into_iter().partition(|w| !w.active);
+    let (inactive, sendable): (Vec<_>, Vec<_>) = work.into_iter().partition(|(w, _)| !w.active);
     if !inactive.is_empty() {
-        let jobs: Vec<_> = inactive.into_iter().map(|w| w.job).collect();
+        let jobs: Vec<_> = inactive.into_iter().map(|(w, _)| w.job).collect();
         if let Err(err) = jobs::park(&ctx.pool, &jobs).await {
             tracing::warn!(error = %err, "parking deliveries of inactive webhooks failed");
         }
     }
-    for work in sendable {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
+    let Some(records) = local.records() else {
+        // Shutting down: the leases bring these back to the queue.
+        return;
+    };
+    for (work, room) in sendable {
         let span = tracing::info_span!(
             "delivery_attempt",
             org_id = %work.job.org_id,
@@ -177,13 +241,18 @@ async fn dispatch(
             delivery_id = %work.job.delivery_id,
             attempt = work.job.attempt,
         );
-        let ctx = ctx.clone();
-        let records = records.clone();
+        let (ctx, local, records) = (ctx.clone(), local.clone(), records.clone());
         tokio::spawn(
             async move {
                 let record = send(&ctx, &work).await;
+                ctx.ended.add(work.job.delivery_id, work.job.attempt);
                 let _ = records.send(record).await;
-                drop(permit);
+                drop(room);
+                // The endpoint has room again now, not only once the record commits; a quiet
+                // worker has nothing waiting that it could claim.
+                if !local.is_quiet() {
+                    local.room_freed.notify_one();
+                }
             }
             .instrument(span),
         );
@@ -344,6 +413,7 @@ async fn record_loop(
         loop {
             match jobs::record_isolated(&ctx.pool, &batch, ctx.settings.health_policy()).await {
                 Ok(accepted) => {
+                    ctx.ended.recorded(&batch);
                     if let Some(at) = batch
                         .iter()
                         .filter_map(|r| match r.next {

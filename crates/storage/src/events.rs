@@ -36,6 +36,35 @@ pub struct NewEvent {
 pub struct Published {
     pub id: Uuid,
     pub deliveries: i64,
+    /// Of `deliveries`, those leased to this process's worker in the publishing statement:
+    /// nobody needs waking for them.
+    #[serde(skip)]
+    pub handed_off: i64,
+}
+
+/// A delivery worker in this process that takes the deliveries a publish commits, leased to it
+/// by the publishing statement itself: between the commit and the HTTP call there is no NOTIFY,
+/// no poll and no claim. It only takes what it has room for at once (a free slot, its
+/// endpoint under its cap, no rate limit), and only while it has no claimable backlog, so work
+/// already waiting is never overtaken; everything else is queued `available` as usual.
+pub trait Handoff: Send + Sync {
+    /// The worker the leases are taken for, and how long they last.
+    fn lease(&self) -> (&str, std::time::Duration);
+    /// Room for one attempt to this webhook, held until [`Handoff::take`] or [`Handoff::release`].
+    fn reserve(&self, org_id: Uuid, webhook_id: Uuid) -> bool;
+    /// Gives back the room of reservations whose publish did not commit.
+    fn release(&self, jobs: &[HandedOff]);
+    /// The committed deliveries, leased to this worker as attempt 1.
+    fn take(&self, jobs: Vec<HandedOff>);
+}
+
+/// A delivery leased to the local worker at publish ([`Handoff`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOff {
+    pub delivery_id: Uuid,
+    pub org_id: Uuid,
+    pub webhook_id: Uuid,
+    pub max_attempts: i32,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -46,6 +75,8 @@ struct Route {
     active: bool,
     payload_format: String,
     max_batch_size: i32,
+    /// Rate-limited webhooks are counted per second by the claim: never handed off.
+    rate_limited: bool,
 }
 
 /// The delivery body in the `envelope` format (seed 003), plus the event id.
@@ -110,7 +141,34 @@ pub async fn publish_with_ids(
     ids: &[Uuid],
     max_attempts: i32,
 ) -> Result<Vec<Published>, PublishError> {
-    publish_cow(conn, org_id, Cow::Borrowed(events), ids, max_attempts).await
+    Ok(
+        publish_cow(conn, org_id, Cow::Borrowed(events), ids, max_attempts, None)
+            .await?
+            .0,
+    )
+}
+
+/// [`publish`] that leases what `handoff` has room for to the local worker (see [`Handoff`]).
+/// The caller hands the returned deliveries over with [`Handoff::take`] once the publish is
+/// committed, or gives them back with [`Handoff::release`] if it is not. Events with
+/// idempotency keys are not handed off.
+pub async fn publish_handing_off(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    events: &[NewEvent],
+    max_attempts: i32,
+    handoff: &dyn Handoff,
+) -> Result<(Vec<Published>, Vec<HandedOff>), PublishError> {
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    publish_cow(
+        conn,
+        org_id,
+        Cow::Borrowed(events),
+        &ids,
+        max_attempts,
+        Some(handoff),
+    )
+    .await
 }
 
 /// [`publish_with_ids`] that consumes `events`: each event's data moves into the statement's
@@ -123,7 +181,11 @@ pub async fn publish_owned_with_ids(
     ids: &[Uuid],
     max_attempts: i32,
 ) -> Result<Vec<Published>, PublishError> {
-    publish_cow(conn, org_id, Cow::Owned(events), ids, max_attempts).await
+    Ok(
+        publish_cow(conn, org_id, Cow::Owned(events), ids, max_attempts, None)
+            .await?
+            .0,
+    )
 }
 
 async fn publish_cow(
@@ -132,7 +194,8 @@ async fn publish_cow(
     mut events: Cow<'_, [NewEvent]>,
     ids: &[Uuid],
     max_attempts: i32,
-) -> Result<Vec<Published>, PublishError> {
+    handoff: Option<&dyn Handoff>,
+) -> Result<(Vec<Published>, Vec<HandedOff>), PublishError> {
     assert_eq!(events.len(), ids.len(), "one id per event");
     let mut answers: Vec<Option<Published>> = vec![None; events.len()];
     let mut fresh = Vec::with_capacity(events.len());
@@ -150,14 +213,18 @@ async fn publish_cow(
         }
     }
     if fresh.is_empty() {
-        return Ok(answers
-            .into_iter()
-            .map(|a| a.expect("every event answered"))
-            .collect());
+        return Ok((
+            answers
+                .into_iter()
+                .map(|a| a.expect("every event answered"))
+                .collect(),
+            Vec::new(),
+        ));
     }
 
     let routes: Vec<Route> = sqlx::query_as(
-        "SELECT id, events, filter, active, payload_format, max_batch_size
+        "SELECT id, events, filter, active, payload_format, max_batch_size,
+                rate_limit_per_second IS NOT NULL AS rate_limited
            FROM webhooks WHERE org_id = $1 AND deleted_at IS NULL",
     )
     .bind(org_id)
@@ -174,6 +241,7 @@ async fn publish_cow(
         (vec![], vec![], vec![], vec![], vec![]);
     let mut deliveries = DeliveryRows::default();
     let mut batched = BatchRows::default();
+    let mut handed = Vec::new();
     for &(i, id) in &fresh {
         let event = &events[i];
         ev_ids.push(id);
@@ -181,6 +249,7 @@ async fn publish_cow(
         ev_keys.push(event.idempotency_key.clone());
         ev_sources.push(event.source_id);
         let mut count = 0;
+        let mut handed_off = 0;
         for route in &routes {
             if subscribed(&route.events, &event.event)
                 && filter_matches(route.filter.as_ref().map(|f| &f.0), &event.data)
@@ -190,12 +259,29 @@ async fn publish_cow(
                     batched.events.push(event.event.clone());
                     batched.event_ids.push(id);
                 } else {
-                    deliveries.ids.push(Uuid::now_v7());
+                    let delivery_id = Uuid::now_v7();
+                    let state = match handoff {
+                        _ if !route.active => "parked",
+                        Some(h)
+                            if !route.rate_limited
+                                && event.idempotency_key.is_none()
+                                && h.reserve(org_id, route.id) =>
+                        {
+                            handed.push(HandedOff {
+                                delivery_id,
+                                org_id,
+                                webhook_id: route.id,
+                                max_attempts,
+                            });
+                            handed_off += 1;
+                            "running"
+                        }
+                        _ => "available",
+                    };
+                    deliveries.ids.push(delivery_id);
                     deliveries.webhooks.push(route.id);
                     deliveries.event_ids.push(id);
-                    deliveries
-                        .states
-                        .push(if route.active { "available" } else { "parked" });
+                    deliveries.states.push(state);
                     deliveries.formats.push(route.payload_format.clone());
                 }
                 count += 1;
@@ -204,6 +290,7 @@ async fn publish_cow(
         answers[i] = Some(Published {
             id,
             deliveries: count,
+            handed_off,
         });
         ev_data.push(Json(match &mut events {
             Cow::Owned(owned) => std::mem::take(&mut owned[i].data),
@@ -211,7 +298,8 @@ async fn publish_cow(
         }));
     }
 
-    insert_all(
+    let lease = handoff.map(|h| h.lease());
+    let inserted = insert_all(
         &mut *conn,
         org_id,
         max_attempts,
@@ -219,8 +307,15 @@ async fn publish_cow(
         (&ev_ids, &ev_names, ev_data, &ev_keys, &ev_sources),
         &deliveries,
         &batched,
+        lease,
     )
-    .await?;
+    .await;
+    if let Err(err) = inserted {
+        if let Some(h) = handoff {
+            h.release(&handed);
+        }
+        return Err(err.into());
+    }
 
     for (i, _) in &fresh {
         if let Some(key) = &events[*i].idempotency_key {
@@ -233,10 +328,13 @@ async fn publish_cow(
                 .await?;
         }
     }
-    Ok(answers
-        .into_iter()
-        .map(|a| a.expect("every event answered"))
-        .collect())
+    Ok((
+        answers
+            .into_iter()
+            .map(|a| a.expect("every event answered"))
+            .collect(),
+        handed,
+    ))
 }
 
 /// The event data is owned: binding encodes it and frees it before the statement is sent.
@@ -295,7 +393,9 @@ async fn batchable_types(
 /// Events, their deliveries, queue entries and batch items in one statement (PostgreSQL runs
 /// every data-modifying CTE whether or not the final SELECT reads it): one round trip, atomic on
 /// its own (so a publish without idempotency keys needs no transaction). Each delivery's body is built by PostgreSQL from its event, so the data crosses
-/// the wire once however wide the fan-out.
+/// the wire once however wide the fan-out. Jobs handed off (state `running`) are leased to
+/// `lease`'s worker as attempt 1, their lease counted from the publish time.
+#[allow(clippy::too_many_arguments)]
 async fn insert_all(
     conn: &mut PgConnection,
     org_id: Uuid,
@@ -304,7 +404,9 @@ async fn insert_all(
     (ev_ids, ev_names, ev_data, ev_keys, ev_sources): EventColumns<'_>,
     deliveries: &DeliveryRows,
     batched: &BatchRows,
+    lease: Option<(&str, std::time::Duration)>,
 ) -> Result<(), sqlx::Error> {
+    let (claimer, lease) = lease.unwrap_or(("", std::time::Duration::ZERO));
     sqlx::query(
         "WITH ev AS (
              INSERT INTO events (id, org_id, event, data, idempotency_key, source_id, created_at)
@@ -325,8 +427,12 @@ async fn insert_all(
                JOIN ev ON ev.id = t.event_id
              RETURNING id),
          jb AS (
-             INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, max_attempts, scheduled_at, created_at)
-             SELECT id, $1, webhook, state, $13, $7, $7
+             INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, max_attempts, scheduled_at, created_at,
+                                        attempt, lease_expires_at, claimed_by)
+             SELECT id, $1, webhook, state, $13, $7, $7,
+                    CASE WHEN state = 'running' THEN 1 ELSE 0 END,
+                    CASE WHEN state = 'running' THEN $7 + make_interval(secs => $18) END,
+                    CASE WHEN state = 'running' THEN $19 END
                FROM unnest($9::uuid[], $10::uuid[], $12::text[]) AS t(id, webhook, state)
              RETURNING state),
          bi AS (
@@ -353,6 +459,8 @@ async fn insert_all(
     .bind(&batched.webhooks)
     .bind(&batched.events)
     .bind(&batched.event_ids)
+    .bind(lease.as_secs_f64())
+    .bind(claimer)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -433,6 +541,7 @@ async fn claim_idempotency_key(
     .bind(Json(Published {
         id: event_id,
         deliveries: 0,
+        handed_off: 0,
     }))
     .bind(IDEMPOTENCY_TTL_HOURS as i32)
     .execute(&mut *conn)

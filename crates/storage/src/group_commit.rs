@@ -11,7 +11,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::StorageError;
-use crate::events::{NewEvent, PublishError, Published, publish};
+use crate::events::{
+    HandedOff, Handoff, NewEvent, PublishError, Published, publish, publish_handing_off,
+};
 
 /// Most events written in one group.
 const MAX_GROUP: usize = 128;
@@ -36,6 +38,16 @@ pub struct GroupPublisher {
 impl GroupPublisher {
     /// Starts the grouping task on the current Tokio runtime; it ends when every clone is dropped.
     pub fn spawn(pool: sqlx::PgPool, max_attempts: i32) -> Self {
+        Self::spawn_handing_off(pool, max_attempts, None)
+    }
+
+    /// [`GroupPublisher::spawn`] for a process with its own delivery worker: what that worker
+    /// has room for is leased to it in the publishing statement and handed over at commit.
+    pub fn spawn_handing_off(
+        pool: sqlx::PgPool,
+        max_attempts: i32,
+        handoff: Option<Arc<dyn Handoff>>,
+    ) -> Self {
         let (queue, mut waiting) = mpsc::channel::<Pending>(QUEUE);
         tokio::spawn(async move {
             let writers = Arc::new(Semaphore::new(WRITERS));
@@ -51,9 +63,9 @@ impl GroupPublisher {
                         Err(_) => break,
                     }
                 }
-                let pool = pool.clone();
+                let (pool, handoff) = (pool.clone(), handoff.clone());
                 tokio::spawn(async move {
-                    write(&pool, group, max_attempts).await;
+                    write(&pool, group, max_attempts, handoff.as_deref()).await;
                     drop(writer);
                 });
             }
@@ -85,8 +97,13 @@ fn stopped() -> PublishError {
 }
 
 /// Writes a group and answers each of its requests.
-async fn write(pool: &sqlx::PgPool, group: Vec<Pending>, max_attempts: i32) {
-    match store(pool, &group, max_attempts).await {
+async fn write(
+    pool: &sqlx::PgPool,
+    group: Vec<Pending>,
+    max_attempts: i32,
+    handoff: Option<&dyn Handoff>,
+) {
+    match store(pool, &group, max_attempts, handoff).await {
         Ok(answers) => {
             for (pending, answer) in group.into_iter().zip(answers) {
                 let _ = pending.answer.send(Ok(answer));
@@ -129,10 +146,30 @@ fn is_transient(err: &PublishError) -> bool {
 }
 
 /// One statement per organization; a group of several organizations commits once for all.
+/// What was leased to the local worker is handed over once committed, and given back if not.
 async fn store(
     pool: &sqlx::PgPool,
     group: &[Pending],
     max_attempts: i32,
+    handoff: Option<&dyn Handoff>,
+) -> Result<Vec<Published>, PublishError> {
+    let mut handed: Vec<HandedOff> = Vec::new();
+    let stored = store_leasing(pool, group, max_attempts, handoff, &mut handed).await;
+    if let Some(h) = handoff {
+        match &stored {
+            Ok(_) => h.take(handed),
+            Err(_) => h.release(&handed),
+        }
+    }
+    stored
+}
+
+async fn store_leasing(
+    pool: &sqlx::PgPool,
+    group: &[Pending],
+    max_attempts: i32,
+    handoff: Option<&dyn Handoff>,
+    handed: &mut Vec<HandedOff>,
 ) -> Result<Vec<Published>, PublishError> {
     let mut orgs: Vec<Uuid> = Vec::new();
     for p in group {
@@ -148,7 +185,15 @@ async fn store(
             .filter(|(_, p)| p.org_id == org_id)
             .map(|(i, p)| (i, p.event.clone()))
             .unzip();
-        let published = publish(conn, org_id, &events, max_attempts).await?;
+        let published = match handoff {
+            Some(h) => {
+                let (published, leased) =
+                    publish_handing_off(conn, org_id, &events, max_attempts, h).await?;
+                handed.extend(leased);
+                published
+            }
+            None => publish(conn, org_id, &events, max_attempts).await?,
+        };
         for (place, answer) in places.into_iter().zip(published) {
             answers[place] = Some(answer);
         }

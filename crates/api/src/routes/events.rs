@@ -203,7 +203,8 @@ async fn store(state: &ApiState, org_id: Uuid, events: Vec<NewEvent>) -> ApiResu
         tx.commit().await.map_err(StorageError::from)?;
         published
     };
-    if published.iter().any(|p| p.deliveries > 0) {
+    // Deliveries handed to this process's worker need no wake-up; queued ones do.
+    if published.iter().any(|p| p.deliveries > p.handed_off) {
         state.waker.wake();
     }
     Ok(published)

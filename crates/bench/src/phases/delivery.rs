@@ -254,7 +254,9 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
             single.deliveries_per_s,
             "del/s",
         )
-        .ceiling(loop_ceiling, loop_what),
+        .ceiling(loop_ceiling, loop_what)
+        // Twice Svix's drain of one endpoint on this machine (2,630/s, issue 14).
+        .goal(Goal::AtLeast(5260.0)),
     );
     b.report.detail(
         "delivery",

@@ -1,7 +1,8 @@
-//! One event fanned out to many webhooks (default 1,000) through the real publish API and real
-//! workers: the time from the publish request until the receiver has the last delivery, median
-//! of three, beside the time the bench itself needs to POST as many requests to the receiver at
-//! the workers' concurrency. The webhooks belong to an organization of their own, deleted after.
+//! One event fanned out to 100 and to many webhooks (default 1,000) through the real publish API
+//! of `serve` (API and workers in one process): the time from the publish request until the
+//! receiver has the last delivery, median of three, beside the time the bench itself needs to
+//! POST as many requests to the receiver at the workers' concurrency. The webhooks belong to an
+//! organization of their own, deleted after.
 
 use super::Bench;
 use crate::load::{
@@ -15,8 +16,14 @@ use uuid::Uuid;
 const REPEATS: usize = 3;
 
 pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
+    fan_out(b, 100, "fanout_100", 11.0).await?;
     let n = b.opts.fanout;
-    let org = b.svc.org("bench-fanout").await?;
+    fan_out(b, n, "fanout", 50.0).await
+}
+
+/// `goal_ms`: Svix's figure on this machine for 100 (11 ms), issue 14's goal for 1,000.
+async fn fan_out(b: &mut Bench, n: u64, key: &'static str, goal_ms: f64) -> anyhow::Result<()> {
+    let org = b.svc.org(&format!("bench-fanout-{n}")).await?;
     let setup = Instant::now();
     b.svc
         .webhooks(&b.http, &org, n, &format!("{}/fanout", b.receiver))
@@ -26,15 +33,14 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
     checkpoint(&b.svc.pool).await;
     eprintln!("bench: fan-out to {n} webhooks (created in {setup_s:.1} s), {REPEATS} times");
 
-    let workers = b.svc.workers().await?;
+    let (workers, base) = b.svc.serve().await?;
     let mut times_ms = Vec::new();
     let mut publish_ms = Vec::new();
     let mut incomplete = 0;
     for i in 0..REPEATS {
         let t0 = Instant::now();
         let body = json!({"event": "device.online", "data": sample_data(i as u64)});
-        let (id, deliveries) =
-            crate::service::publish(&b.http, &b.svc.api_base, &org.token, &body).await?;
+        let (id, deliveries) = crate::service::publish(&b.http, &base, &org.token, &body).await?;
         publish_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(
             deliveries == n as i64,
@@ -90,7 +96,7 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
     if incomplete == 0 {
         b.report.row(
             Row::new(
-                "fanout",
+                key,
                 format!("fan-out 1 event → {n} webhooks, median of {REPEATS}"),
                 value,
                 "ms",
@@ -100,7 +106,7 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
                 ceiling,
                 format!("{n} direct POSTs to the receiver, c={concurrency}"),
             )
-            .goal(Goal::AtMost(2000.0)),
+            .goal(Goal::AtMost(goal_ms)),
         );
     } else {
         eprintln!(
@@ -108,7 +114,7 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
         );
     }
     b.report.detail(
-        "fanout",
+        key,
         json!({
             "webhooks": n,
             "times_ms": times_ms,

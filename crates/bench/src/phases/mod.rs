@@ -8,6 +8,7 @@ pub mod latency;
 pub mod memory;
 pub mod publish;
 pub mod scale;
+pub mod sustained;
 
 use crate::receiver::Receiver;
 use crate::report::Report;
@@ -18,7 +19,15 @@ use std::sync::Arc;
 /// Every phase by name. Latency runs first, on a quiet database, so the bulk phases'
 /// checkpoints do not land in its tail.
 pub const ALL: &[&str] = &[
-    "latency", "publish", "batch", "delivery", "fanout", "memory", "scale", "history",
+    "latency",
+    "publish",
+    "batch",
+    "sustained",
+    "delivery",
+    "fanout",
+    "memory",
+    "scale",
+    "history",
 ];
 
 /// Read from the environment once.
