@@ -176,7 +176,7 @@ pub async fn restart_fault_cluster() {
     assert!(status.success(), "restarting the fault cluster failed");
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits in the workspace")
@@ -299,6 +299,8 @@ pub async fn status_json(resp: reqwest::Response) -> (u16, serde_json::Value) {
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
 }
+
+pub mod webdriver;
 
 /// A real HTTP receiver on 127.0.0.1 that records every request and answers from a script.
 pub mod receiver {
