@@ -11,7 +11,7 @@
 
 use hookrelay_tests::receiver::{Receiver, Reply};
 use hookrelay_tests::webdriver::{self, Session};
-use hookrelay_tests::{Org, TestApp, repo_root, status_json};
+use hookrelay_tests::{Org, TestApp, eventually, repo_root, status_json};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -84,7 +84,10 @@ async fn main_text(s: &Session) -> String {
 async fn refresh_until(s: &Session, refresh: &str, condition: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
-        if s.wait_until(condition, Duration::from_millis(400)).await.is_ok() {
+        if s.wait_until(condition, Duration::from_millis(400))
+            .await
+            .is_ok()
+        {
             return;
         }
         assert!(
@@ -204,7 +207,13 @@ async fn assert_read_only(s: &Session, view: &str) {
 }
 
 async fn api_get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
-    status_json(app.req(reqwest::Method::GET, path, token).send().await.unwrap()).await
+    status_json(
+        app.req(reqwest::Method::GET, path, token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
 }
 
 fn hash_id(hash: &Value) -> String {
@@ -256,7 +265,10 @@ async fn the_dashboard_in_a_real_browser() {
         "ui assets: {} files, {raw} bytes, {gzipped} bytes gzip-compressed",
         hookrelay_api::ui::ASSETS.len()
     );
-    assert!(gzipped < 300 * 1024, "assets are {gzipped} bytes compressed");
+    assert!(
+        gzipped < 300 * 1024,
+        "assets are {gzipped} bytes compressed"
+    );
 
     let driver = webdriver::Driver::start(&chromedriver).await.unwrap();
     let s = driver.session().await.unwrap();
@@ -278,7 +290,12 @@ async fn the_dashboard_in_a_real_browser() {
     assert_labelled(&s, "new webhook form").await;
     fill(&s, "#new-webhook input[name=url]", &receiver.url).await;
     fill(&s, "#new-webhook input[name=events]", "device.*").await;
-    fill(&s, "#new-webhook input[name=description]", "Receiver on 127.0.0.1").await;
+    fill(
+        &s,
+        "#new-webhook input[name=description]",
+        "Receiver on 127.0.0.1",
+    )
+    .await;
     shot(&s, "02-new-webhook").await;
     click(&s, "#new-webhook button[type=submit]").await;
     s.wait_for(".secret-once code.secret", WAIT).await.unwrap();
@@ -386,9 +403,15 @@ async fn the_dashboard_in_a_real_browser() {
             json!({"url": format!("{}/doomed", receiver.url), "events": ["user.created"]}),
         )
         .await;
-    open(&s, &format!("#/webhooks/{}", doomed["id"].as_str().unwrap())).await;
+    open(
+        &s,
+        &format!("#/webhooks/{}", doomed["id"].as_str().unwrap()),
+    )
+    .await;
     click(&s, "#delete").await;
-    s.wait_for("dialog[open] [data-confirm]", WAIT).await.unwrap();
+    s.wait_for("dialog[open] [data-confirm]", WAIT)
+        .await
+        .unwrap();
     shot(&s, "08-delete-confirm").await;
     click(&s, "dialog[open] [data-confirm]").await;
     s.wait_until("location.hash === '#/webhooks'", WAIT)
@@ -400,7 +423,22 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(api_get(&app, &doomed_path, &org.token).await.0, 404);
     shot(&s, "09-webhooks").await;
 
-    // The overview: health, the attempts of the last 24 h, queue depth.
+    // One more failure, left failed: the overview shows it.
+    receiver.set_default(Reply::status(503));
+    app.publish(
+        &org.token,
+        json!({"event": "device.offline", "data": {"device_id": "dev_2"}}),
+    )
+    .await;
+    let failed = eventually(WAIT, || async {
+        let (_, page) = api_get(&app, "/api/v1/deliveries?status=failed", &org.token).await;
+        page["data"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    assert!(failed, "the device.offline delivery ends failed");
+    receiver.set_default(Reply::status(200));
+
+    // The overview: health, the attempts of the last 24 h, queue depth, the latest failures.
     open(&s, "#/").await;
     s.wait_for("svg.chart", WAIT).await.unwrap();
     let total = s
@@ -410,11 +448,12 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await
         .unwrap();
-    // 1 sent + 3 failed + 1 retried + 1 test.
-    assert_eq!(total, json!(6), "{}", main_text(&s).await);
-    // Three failures, then successes: healthy again.
-    let healthy = s.find("[data-count=healthy]").await.unwrap();
-    assert_eq!(s.text(&healthy).await.unwrap(), "1");
+    // 1 sent + 3 failed + 1 retried + 1 test + 3 failed.
+    assert_eq!(total, json!(9), "{}", main_text(&s).await);
+    // Three failures in a row (under the threshold of 5): degraded, still active.
+    let degraded = s.find("[data-count=degraded]").await.unwrap();
+    assert_eq!(s.text(&degraded).await.unwrap(), "1");
+    assert!(main_text(&s).await.contains("device.offline"));
     assert_labelled(&s, "overview").await;
     shot(&s, "10-overview").await;
 
@@ -471,7 +510,10 @@ async fn the_dashboard_in_a_real_browser() {
     // That 409 is the one request meant to fail; the browser logs it as a network error —
     // which also shows the console is being read, so "no errors" below means something.
     let conflict = |l: &Value| l["message"].as_str().unwrap_or_default().contains("409");
-    assert!(logs.iter().any(conflict), "the 409 is in the console: {logs:#?}");
+    assert!(
+        logs.iter().any(conflict),
+        "the 409 is in the console: {logs:#?}"
+    );
     logs.retain(|l| !conflict(l));
 
     // Time to the first interactive view: a fresh load of the overview, signed in.

@@ -160,7 +160,12 @@ pub struct Session {
 pub struct Element(String);
 
 impl Session {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         command(&self.http, method, &format!("{}{path}", self.url), body).await
     }
 
@@ -237,7 +242,11 @@ impl Session {
 
     pub async fn text(&self, el: &Element) -> Result<String> {
         let value = self
-            .call(reqwest::Method::GET, &format!("/element/{}/text", el.0), None)
+            .call(
+                reqwest::Method::GET,
+                &format!("/element/{}/text", el.0),
+                None,
+            )
             .await?;
         Ok(value.as_str().unwrap_or_default().to_owned())
     }

@@ -117,9 +117,7 @@ fn serve(req: &HttpRequest, index: usize) -> HttpResponse {
     if fresh {
         return response.finish();
     }
-    response
-        .content_type(asset.content_type)
-        .body(asset.body)
+    response.content_type(asset.content_type).body(asset.body)
 }
 
 #[cfg(test)]
@@ -182,7 +180,14 @@ mod tests {
         for asset in ASSETS {
             let text = std::str::from_utf8(asset.body).unwrap().replace(' ', "");
             // Nothing loaded from another host (the CSP would refuse it anyway).
-            for load in ["from'http", "src=\"http", "href=\"http", "url(http", "fetch('http", "//cdn"] {
+            for load in [
+                "from'http",
+                "src=\"http",
+                "href=\"http",
+                "url(http",
+                "fetch('http",
+                "//cdn",
+            ] {
                 assert!(!text.contains(load), "{} loads {load}…", asset.name);
             }
         }

@@ -16,8 +16,22 @@ function niceMax(n) {
   return top % 2 ? top + 1 : top;
 }
 
-/** `metrics` is the metrics API's `metrics` array (oldest first). */
+/** `metrics` is the metrics API's `metrics` array (oldest first). The SVG is redrawn at the
+ *  figure's width whenever that changes (a rotated phone, a resized window). */
 export function attemptsChart(metrics, width) {
+  let drawnAt = Math.floor(width);
+  const figure = h('figure', { class: 'chart-figure' }, bars(metrics, drawnAt), legendAndTable(metrics));
+  new ResizeObserver(() => {
+    const now = Math.floor(figure.clientWidth);
+    if (now > 0 && Math.abs(now - drawnAt) > 4) {
+      drawnAt = now;
+      figure.firstChild.replaceWith(bars(metrics, now));
+    }
+  }).observe(figure);
+  return figure;
+}
+
+function bars(metrics, width) {
   const w = Math.max(280, Math.floor(width));
   const height = 200;
   const pad = { left: 40, right: 8, top: 10, bottom: 26 };
@@ -55,9 +69,13 @@ export function attemptsChart(metrics, width) {
     }
   });
 
+  return svg;
+}
+
+function legendAndTable(metrics) {
   const legend = h('p', { class: 'legend' },
-    h('span', { class: 'key ok' }), 'successful (2xx) ',
-    h('span', { class: 'key failed' }), 'failed (other status, error or timeout)');
+    h('span', { class: 'entry' }, h('span', { class: 'key ok' }), 'successful (2xx)'),
+    h('span', { class: 'entry' }, h('span', { class: 'key failed' }), 'failed (other status, error or timeout)'));
   const asTable = h('details', { class: 'chart-table' },
     h('summary', {}, 'Show as a table'),
     table([
@@ -67,5 +85,5 @@ export function attemptsChart(metrics, width) {
       { label: 'Failed', cell: (m) => m.deliveries_failed },
       { label: 'p95 latency', cell: (m) => (m.latency_ms_p95 === null ? '—' : `${m.latency_ms_p95} ms`) },
     ], metrics.filter((m) => m.deliveries_attempted > 0), 'Attempts per hour'));
-  return h('figure', { class: 'chart-figure' }, svg, legend, asTable);
+  return h('div', {}, legend, asTable);
 }

@@ -27,7 +27,7 @@ function webhookForm(webhook, onDone, onCancel) {
   const url = h('input', { type: 'url', name: 'url', required: true, value: webhook ? webhook.url : '', placeholder: 'https://example.com/webhook', autocomplete: 'off' });
   const events = h('input', { name: 'events', required: true, value: webhook ? webhook.events.join(', ') : '*' });
   const description = h('input', { name: 'description', value: (webhook && webhook.description) || '' });
-  const format = select('payload_format', [['envelope', 'envelope (id, event, timestamp, data)'], ['hubble', 'hubble (Hubble packet batch)']], webhook ? webhook.payload_format : 'envelope');
+  const format = select('payload_format', [['envelope', 'envelope'], ['hubble', 'hubble']], webhook ? webhook.payload_format : 'envelope');
   const batch = h('input', { type: 'number', name: 'max_batch_size', min: 1, max: 1000, value: webhook ? webhook.max_batch_size : 1 });
   const rate = h('input', { type: 'number', name: 'rate_limit_per_second', min: 1, max: 10000, value: webhook && webhook.rate_limit_per_second ? webhook.rate_limit_per_second : '' });
   const filter = h('textarea', { name: 'filter', rows: 3, placeholder: '{"/device/tags/location": "warehouse-a"}' });
@@ -62,7 +62,7 @@ function webhookForm(webhook, onDone, onCancel) {
   field('Events', events, 'Comma-separated event types: * for all, device.* for a prefix. See Event types.'),
   field('Description', description),
   h('div', { class: 'row' },
-    field('Payload format', format),
+    field('Payload format', format, 'envelope: {id, event, timestamp, data}; hubble: a Hubble packet batch.'),
     field('Max batch size', batch, '1 = one event per request.'),
     field('Rate limit (deliveries/s)', rate, 'Empty = unlimited.')),
   field('Filter (JSON)', filter, 'JSON pointer → value over the event data; all must match. Empty = no filter.'),
