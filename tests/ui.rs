@@ -468,6 +468,28 @@ async fn the_dashboard_in_a_real_browser() {
     open(&s, "#/deliveries?status=sent").await;
     assert!(!main_text(&s).await.contains("No deliveries match"));
 
+    // Long lists are paged with the API's cursors (25 a page).
+    let batch = (0..30)
+        .map(|i| json!({"event": "device.updated", "data": {"device_id": format!("dev_{i}")}}))
+        .collect();
+    app.publish_batch(&org.token, batch).await;
+    open(&s, "#/events").await;
+    let rows = "document.querySelectorAll('main tbody tr').length";
+    s.wait_until(&format!("{rows} === 25"), WAIT).await.unwrap();
+    assert!(s.find_all(".pager .newer").await.unwrap().is_empty());
+    click(&s, ".pager .older").await;
+    s.wait_for(".pager .newer", WAIT).await.unwrap();
+    // 30 + device.online, device.alert, webhook.test, device.offline.
+    s.wait_until(&format!("{rows} === 9"), WAIT).await.unwrap();
+    assert!(main_text(&s).await.contains("device.online"));
+    click(&s, ".pager .newer").await;
+    s.wait_until(
+        &format!("{rows} === 25 && !document.querySelector('.pager .newer')"),
+        WAIT,
+    )
+    .await
+    .unwrap();
+
     // Sources: the token shown once, the ingest URL to copy.
     open(&s, "#/sources").await;
     assert!(main_text(&s).await.contains("No sources yet"));

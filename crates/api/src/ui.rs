@@ -123,52 +123,65 @@ fn serve(req: &HttpRequest, index: usize) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::{App, test};
+    use actix_web::App;
+    use actix_web::dev::ServiceResponse;
+    use actix_web::test::{TestRequest, call_service, init_service, read_body};
+
+    fn header(resp: &ServiceResponse, name: header::HeaderName) -> String {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
 
     #[actix_web::test]
     async fn serves_every_asset_with_its_type_policy_and_validator() {
-        let app = test::init_service(App::new().configure(configure)).await;
+        let app = init_service(App::new().configure(configure)).await;
         for (i, asset) in ASSETS.iter().enumerate() {
-            let req = test::TestRequest::get()
+            let req = TestRequest::get()
                 .uri(&format!("/ui/{}", asset.name))
                 .to_request();
-            let resp = test::call_service(&app, req).await;
+            let resp = call_service(&app, req).await;
             assert_eq!(resp.status(), 200, "{}", asset.name);
-            let headers = resp.headers();
-            assert_eq!(headers[header::CONTENT_TYPE], asset.content_type);
+            assert_eq!(header(&resp, header::CONTENT_TYPE), asset.content_type);
             assert_eq!(
-                headers[header::CONTENT_SECURITY_POLICY],
+                header(&resp, header::CONTENT_SECURITY_POLICY),
                 CONTENT_SECURITY_POLICY
             );
-            assert_eq!(headers[header::ETAG], etags()[i].as_str());
-            let body = test::read_body(resp).await;
-            assert_eq!(&body[..], asset.body);
+            assert_eq!(header(&resp, header::ETAG), etags()[i]);
+            assert_eq!(&read_body(resp).await[..], asset.body);
         }
         for path in ["/ui", "/ui/"] {
-            let resp =
-                test::call_service(&app, test::TestRequest::get().uri(path).to_request()).await;
+            let resp = call_service(&app, TestRequest::get().uri(path).to_request()).await;
             assert_eq!(resp.status(), 200);
-            assert_eq!(resp.headers()[header::CONTENT_TYPE], ASSETS[0].content_type);
+            assert_eq!(header(&resp, header::CONTENT_TYPE), ASSETS[0].content_type);
         }
+        let head = TestRequest::default()
+            .method(actix_web::http::Method::HEAD)
+            .uri("/ui/style.css")
+            .to_request();
+        assert_eq!(call_service(&app, head).await.status(), 200);
     }
 
     #[actix_web::test]
     async fn a_known_validator_gets_304_and_an_unknown_file_404() {
-        let app = test::init_service(App::new().configure(configure)).await;
-        let req = test::TestRequest::get()
+        let app = init_service(App::new().configure(configure)).await;
+        let req = TestRequest::get()
             .uri("/ui/app.js")
             .insert_header((header::IF_NONE_MATCH, etags()[3].as_str()))
             .to_request();
-        let resp = test::call_service(&app, req).await;
+        let resp = call_service(&app, req).await;
         assert_eq!(resp.status(), 304);
-        let req = test::TestRequest::get()
+        assert!(read_body(resp).await.is_empty());
+        let req = TestRequest::get()
             .uri("/ui/app.js")
             .insert_header((header::IF_NONE_MATCH, "\"stale\""))
             .to_request();
-        assert_eq!(test::call_service(&app, req).await.status(), 200);
-        for path in ["/ui/nope.js", "/ui/..%2Fsrc%2Flib.rs", "/ui/a/b"] {
-            let req = test::TestRequest::get().uri(path).to_request();
-            assert_eq!(test::call_service(&app, req).await.status(), 404, "{path}");
+        assert_eq!(call_service(&app, req).await.status(), 200);
+        for path in ["/ui/nope.js", "/ui/..%2Fsrc%2Flib.rs", "/ui/a/b", "/ui/%00"] {
+            let req = TestRequest::get().uri(path).to_request();
+            assert_eq!(call_service(&app, req).await.status(), 404, "{path}");
         }
     }
 

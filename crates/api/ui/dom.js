@@ -245,8 +245,8 @@ export async function paged(fetchPage, render, label) {
     }
     current = cursor;
     const pager = h('nav', { class: 'pager', 'aria-label': `${label || 'List'} pages` },
-      newer.length ? h('button', { type: 'button', onclick: () => load(newer.pop()) }, '← Newer') : null,
-      page.next_cursor ? h('button', { type: 'button', onclick: () => { newer.push(cursor); load(page.next_cursor); } }, 'Older →') : null);
+      newer.length ? h('button', { type: 'button', class: 'newer', onclick: () => load(newer.pop()) }, '← Newer') : null,
+      page.next_cursor ? h('button', { type: 'button', class: 'older', onclick: () => { newer.push(cursor); load(page.next_cursor); } }, 'Older →') : null);
     box.replaceChildren(body, pager.children.length ? pager : '');
   }
   await load(undefined);
