@@ -11,7 +11,7 @@
 
 use hookrelay_tests::receiver::{Receiver, Reply};
 use hookrelay_tests::webdriver::{self, Session};
-use hookrelay_tests::{Org, TestApp, eventually, repo_root, status_json};
+use hookrelay_tests::{Org, TestApp, eventually, repo_root};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -206,16 +206,6 @@ async fn assert_read_only(s: &Session, view: &str) {
     }
 }
 
-async fn api_get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
-    status_json(
-        app.req(reqwest::Method::GET, path, token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-}
-
 fn hash_id(hash: &Value) -> String {
     hash.as_str()
         .unwrap()
@@ -307,7 +297,9 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(secret.starts_with("whsec_"), "{secret}");
     let webhook_hash = s.execute("return location.hash", vec![]).await.unwrap();
     let webhook_id = hash_id(&webhook_hash);
-    let (_, stored) = api_get(&app, &format!("/api/v1/webhooks/{webhook_id}"), &org.token).await;
+    let (_, stored) = app
+        .get_json(&format!("/api/v1/webhooks/{webhook_id}"), &org.token)
+        .await;
     assert_eq!(stored["url"], receiver.url.as_str());
     assert_eq!(stored["events"], json!(["device.*"]));
 
@@ -420,7 +412,7 @@ async fn the_dashboard_in_a_real_browser() {
     ready(&s).await;
     assert!(main_text(&s).await.contains("deleted"));
     let doomed_path = format!("/api/v1/webhooks/{}", doomed["id"].as_str().unwrap());
-    assert_eq!(api_get(&app, &doomed_path, &org.token).await.0, 404);
+    assert_eq!(app.get_json(&doomed_path, &org.token).await.0, 404);
     shot(&s, "09-webhooks").await;
 
     // One more failure, left failed: the overview shows it.
@@ -431,7 +423,9 @@ async fn the_dashboard_in_a_real_browser() {
     )
     .await;
     let failed = eventually(WAIT, || async {
-        let (_, page) = api_get(&app, "/api/v1/deliveries?status=failed", &org.token).await;
+        let (_, page) = app
+            .get_json("/api/v1/deliveries?status=failed", &org.token)
+            .await;
         page["data"].as_array().is_some_and(|d| d.len() == 1)
     })
     .await;
@@ -572,7 +566,9 @@ async fn the_dashboard_in_a_real_browser() {
         .await;
     sign_out(&s).await;
     sign_in(&s, &read_only).await;
-    let (_, alerts) = api_get(&app, "/api/v1/deliveries?event=device.alert", &org.token).await;
+    let (_, alerts) = app
+        .get_json("/api/v1/deliveries?event=device.alert", &org.token)
+        .await;
     let failed_delivery = alerts["data"][0]["id"].as_str().unwrap().to_owned();
     let pages = [
         ("overview", "#/".to_owned()),

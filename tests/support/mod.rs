@@ -240,6 +240,17 @@ impl TestApp {
         self.http.request(method, self.url(path)).bearer_auth(token)
     }
 
+    /// GET `path` with `token`: the answer's status and JSON body.
+    pub async fn get_json(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        status_json(
+            self.req(reqwest::Method::GET, path, token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     /// Creates a key of `org` with exactly `scopes`.
     pub async fn key_with_scopes(&self, org: &Org, scopes: &[&str]) -> String {
         let resp = self

@@ -3,7 +3,7 @@
 
 import {
   h, time, badge, code, table, empty, notice, paged, busy, confirmDialog, field, checkbox, select,
-  secretOnce, jsonBlock, copyButton, flash, parseJsonField, list as splitList,
+  secretOnce, jsonBlock, copyButton, flash, parseJsonField, list as splitList, formPanel,
 } from './dom.js';
 import { api, get, can } from './api.js';
 import { heading, missing } from './views.js';
@@ -35,35 +35,32 @@ function sourceForm(refresh, slot) {
     signedOnly.hidden = kind.value !== 'signed';
     hubbleOnly.hidden = kind.value !== 'hubble';
   });
-  const out = h('div', { 'aria-live': 'polite' });
-  const submit = h('button', { type: 'submit', class: 'primary' }, 'Create source');
-  return h('form', {
-    class: 'panel form', id: 'new-source',
-    onsubmit: (e) => {
-      e.preventDefault();
-      busy(submit, 'Creating…', out, async () => {
-        const body = { kind: kind.value, name: name.value.trim() };
-        const blocks = splitList(allowlist.value);
-        if (blocks.length) body.ip_allowlist = blocks;
-        if (kind.value === 'signed') body.event_type = eventType.value.trim();
-        if (kind.value === 'hubble') {
-          if (token.value.trim()) body.token = token.value.trim();
-          if (pullBase.value.trim()) body.pull = { base_url: pullBase.value.trim(), org_id: pullOrg.value.trim(), api_token: pullToken.value };
-        }
-        const s = await api('POST', '/sources', body);
-        flash(notice('ok', h('p', {}, `Source “${s.name}” created. Senders post to `, code(s.ingest_url), ' ', copyButton(s.ingest_url, 'Copy ingest URL')),
-          s.token ? secretOnce('Token (HTTP-X-HUBBLE-TOKEN)', s.token) : null,
-          s.secret ? secretOnce('HMAC secret', s.secret) : null));
-        slot.replaceChildren();
-        refresh();
-      });
+  const close = () => slot.replaceChildren();
+  return formPanel({
+    id: 'new-source',
+    title: 'New source',
+    submitLabel: 'Create source',
+    busyLabel: 'Creating…',
+    onCancel: close,
+    onSubmit: async () => {
+      const body = { kind: kind.value, name: name.value.trim() };
+      const blocks = splitList(allowlist.value);
+      if (blocks.length) body.ip_allowlist = blocks;
+      if (kind.value === 'signed') body.event_type = eventType.value.trim();
+      if (kind.value === 'hubble') {
+        if (token.value.trim()) body.token = token.value.trim();
+        if (pullBase.value.trim()) body.pull = { base_url: pullBase.value.trim(), org_id: pullOrg.value.trim(), api_token: pullToken.value };
+      }
+      const s = await api('POST', '/sources', body);
+      flash(notice('ok', h('p', {}, `Source “${s.name}” created. Senders post to `, code(s.ingest_url), ' ', copyButton(s.ingest_url, 'Copy ingest URL')),
+        s.token ? secretOnce('Token (HTTP-X-HUBBLE-TOKEN)', s.token) : null,
+        s.secret ? secretOnce('HMAC secret', s.secret) : null));
+      close();
+      refresh();
     },
   },
-  h('h2', {}, 'New source'),
   field('Kind', kind), field('Name', name), signedOnly, hubbleOnly,
-  field('IP allowlist', allowlist, 'Comma-separated CIDR blocks allowed to call the ingest URL; empty = any address.'),
-  h('div', { class: 'actions' }, submit, h('button', { type: 'button', onclick: () => slot.replaceChildren() }, 'Cancel')),
-  out);
+  field('IP allowlist', allowlist, 'Comma-separated CIDR blocks allowed to call the ingest URL; empty = any address.'));
 }
 
 export async function sourcesView({ refresh }) {
@@ -118,31 +115,28 @@ function eventTypeForm(refresh, slot) {
   const description = h('input', { name: 'description', maxlength: 1000 });
   const schema = h('textarea', { name: 'schema', rows: 6, placeholder: '{"type": "object", "required": ["order_id"]}' });
   const batchable = checkbox('Batchable (grouped for webhooks with max batch size > 1)', { name: 'batchable' });
-  const out = h('div', { 'aria-live': 'polite' });
-  const submit = h('button', { type: 'submit', class: 'primary' }, 'Add event type');
-  return h('form', {
-    class: 'panel form', id: 'new-event-type',
-    onsubmit: (e) => {
-      e.preventDefault();
-      busy(submit, 'Saving…', out, async () => {
-        const body = { name: name.value.trim(), batchable: batchable.querySelector('input').checked };
-        if (description.value.trim()) body.description = description.value.trim();
-        const parsed = parseJsonField('schema', schema.value);
-        if (parsed !== undefined) body.schema = parsed;
-        await api('POST', '/event-types', body);
-        flash(notice('ok', `Event type ${body.name} added.`));
-        slot.replaceChildren();
-        refresh();
-      });
+  const close = () => slot.replaceChildren();
+  return formPanel({
+    id: 'new-event-type',
+    title: 'New event type',
+    submitLabel: 'Add event type',
+    busyLabel: 'Saving…',
+    onCancel: close,
+    onSubmit: async () => {
+      const body = { name: name.value.trim(), batchable: batchable.querySelector('input').checked };
+      if (description.value.trim()) body.description = description.value.trim();
+      const parsed = parseJsonField('schema', schema.value);
+      if (parsed !== undefined) body.schema = parsed;
+      await api('POST', '/event-types', body);
+      flash(notice('ok', `Event type ${body.name} added.`));
+      close();
+      refresh();
     },
   },
-  h('h2', {}, 'New event type'),
   field('Name', name, 'Lowercase words of a–z, 0–9 and _ joined by dots.'),
   field('Description', description),
   field('JSON Schema for data (optional)', schema, 'Published data that does not satisfy it is refused with 422.'),
-  batchable,
-  h('div', { class: 'actions' }, submit, h('button', { type: 'button', onclick: () => slot.replaceChildren() }, 'Cancel')),
-  out);
+  batchable);
 }
 
 export async function eventTypesView({ refresh }) {

@@ -209,6 +209,25 @@ export async function busy(button, label, out, work) {
 
 /** The end of a UUID: ids here are UUIDv7, whose first digits are the time (alike for
  *  everything made in the same minute) and whose last are random. */
+/** A form in a panel: a heading, its `content`, a submit button disabled while `onSubmit`
+ *  runs (its errors shown below), and Cancel. */
+export function formPanel({ id, title, submitLabel, busyLabel, onSubmit, onCancel }, ...content) {
+  const out = h('div', { 'aria-live': 'polite' });
+  const submit = h('button', { type: 'submit', class: 'primary' }, submitLabel);
+  return h('form', {
+    class: 'panel form',
+    id,
+    onsubmit: (e) => {
+      e.preventDefault();
+      busy(submit, busyLabel, out, onSubmit);
+    },
+  },
+  h('h2', {}, title),
+  content,
+  h('div', { class: 'actions' }, submit, h('button', { type: 'button', onclick: onCancel }, 'Cancel')),
+  out);
+}
+
 export function shortId(id) {
   return id ? `…${id.slice(-8)}` : '';
 }

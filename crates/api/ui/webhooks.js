@@ -4,7 +4,7 @@
 
 import {
   h, time, badge, code, facts, table, empty, notice, paged, busy, confirmDialog, field, checkbox,
-  select, secretOnce, jsonBlock, flash, go, toLocalInput, parseJsonField, list as splitList,
+  select, secretOnce, jsonBlock, flash, go, toLocalInput, parseJsonField, list as splitList, formPanel,
 } from './dom.js';
 import { api, get, can } from './api.js';
 import { heading, missing, attemptsSection, deliveriesTable, deliveryFilters } from './views.js';
@@ -33,31 +33,29 @@ function webhookForm(webhook, onDone, onCancel) {
   const filter = h('textarea', { name: 'filter', rows: 3, placeholder: '{"/device/tags/location": "warehouse-a"}' });
   filter.value = webhook && webhook.filter ? JSON.stringify(webhook.filter) : '';
   const active = webhook ? null : checkbox('Active: deliver as soon as it is created', { name: 'active', checked: true });
-  const out = h('div', { 'aria-live': 'polite' });
-  const submit = h('button', { type: 'submit', class: 'primary' }, webhook ? 'Save changes' : 'Create webhook');
-  const form = h('form', {
-    class: 'panel form', id: webhook ? 'edit-webhook' : 'new-webhook',
-    onsubmit: (e) => {
-      e.preventDefault();
-      busy(submit, 'Saving…', out, async () => {
-        const body = {
-          url: url.value.trim(),
-          events: splitList(events.value),
-          description: description.value.trim() || (webhook ? null : undefined),
-          payload_format: format.value,
-          max_batch_size: Number(batch.value || 1),
-          rate_limit_per_second: rate.value ? Number(rate.value) : (webhook ? null : undefined),
-          filter: parseJsonField('filter', filter.value) ?? (webhook ? null : undefined),
-        };
-        if (active) body.active = active.querySelector('input').checked;
-        const answer = webhook
-          ? await api('PATCH', `/webhooks/${webhook.id}`, body)
-          : await api('POST', '/webhooks', body);
-        onDone(answer);
-      });
+  return formPanel({
+    id: webhook ? 'edit-webhook' : 'new-webhook',
+    title: webhook ? 'Edit webhook' : 'New webhook',
+    submitLabel: webhook ? 'Save changes' : 'Create webhook',
+    busyLabel: 'Saving…',
+    onCancel,
+    onSubmit: async () => {
+      const body = {
+        url: url.value.trim(),
+        events: splitList(events.value),
+        description: description.value.trim() || (webhook ? null : undefined),
+        payload_format: format.value,
+        max_batch_size: Number(batch.value || 1),
+        rate_limit_per_second: rate.value ? Number(rate.value) : (webhook ? null : undefined),
+        filter: parseJsonField('filter', filter.value) ?? (webhook ? null : undefined),
+      };
+      if (active) body.active = active.querySelector('input').checked;
+      const answer = webhook
+        ? await api('PATCH', `/webhooks/${webhook.id}`, body)
+        : await api('POST', '/webhooks', body);
+      onDone(answer);
     },
   },
-  h('h2', {}, webhook ? 'Edit webhook' : 'New webhook'),
   field('Endpoint URL', url, 'Where deliveries are POSTed. https:// (http:// only when the service allows it).'),
   field('Events', events, 'Comma-separated event types: * for all, device.* for a prefix. See Event types.'),
   field('Description', description),
@@ -66,10 +64,7 @@ function webhookForm(webhook, onDone, onCancel) {
     field('Max batch size', batch, '1 = one event per request.'),
     field('Rate limit (deliveries/s)', rate, 'Empty = unlimited.')),
   field('Filter (JSON)', filter, 'JSON pointer → value over the event data; all must match. Empty = no filter.'),
-  active,
-  h('div', { class: 'actions' }, submit, h('button', { type: 'button', onclick: onCancel }, 'Cancel')),
-  out);
-  return form;
+  active);
 }
 
 export async function webhooksList({ query }) {
@@ -182,27 +177,24 @@ export async function webhookDetail({ params, query, refresh }) {
       type: 'button', id: 'rotate',
       onclick: () => {
         const hours = h('input', { type: 'number', min: 0, max: 168, value: 24, name: 'grace' });
-        const go2 = h('button', { type: 'submit', class: 'primary' }, 'Rotate secret');
-        const formOut = h('div', { 'aria-live': 'polite' });
-        formSlot.replaceChildren(h('form', {
-          class: 'panel form', id: 'rotate-form',
-          onsubmit: (e) => {
-            e.preventDefault();
-            busy(go2, 'Rotating…', formOut, async () => {
-              const r = await api('POST', `/webhooks/${id}/rotate-secret`, { grace_period_seconds: Math.round(Number(hours.value || 0) * 3600) });
-              formSlot.replaceChildren();
-              out.replaceChildren(notice('ok', secretOnce('New signing secret', r.secret),
-                h('p', { class: 'grace' }, r.previous_secret_expires_at
-                  ? ['The previous secret keeps signing too (a second signature) until ', time(r.previous_secret_expires_at), '.']
-                  : 'The previous secret stopped signing at once (no grace period).')));
-            });
+        const close = () => formSlot.replaceChildren();
+        formSlot.replaceChildren(formPanel({
+          id: 'rotate-form',
+          title: 'Rotate the signing secret',
+          submitLabel: 'Rotate secret',
+          busyLabel: 'Rotating…',
+          onCancel: close,
+          onSubmit: async () => {
+            const r = await api('POST', `/webhooks/${id}/rotate-secret`, { grace_period_seconds: Math.round(Number(hours.value || 0) * 3600) });
+            close();
+            out.replaceChildren(notice('ok', secretOnce('New signing secret', r.secret),
+              h('p', { class: 'grace' }, r.previous_secret_expires_at
+                ? ['The previous secret keeps signing too (a second signature) until ', time(r.previous_secret_expires_at), '.']
+                : 'The previous secret stopped signing at once (no grace period).')));
           },
         },
-        h('h2', {}, 'Rotate the signing secret'),
         h('p', {}, 'A new secret is generated. During the grace period every delivery is signed with both, so receivers can switch without missing one.'),
-        field('Grace period (hours, 0–168)', hours),
-        h('div', { class: 'actions' }, go2, h('button', { type: 'button', onclick: () => formSlot.replaceChildren() }, 'Cancel')),
-        formOut));
+        field('Grace period (hours, 0–168)', hours)));
         hours.focus();
       },
     }, 'Rotate secret');
