@@ -273,10 +273,19 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(main_text(&s).await.contains("Overview"));
     assert!(main_text(&s).await.contains("No webhooks yet"));
 
-    // Create a webhook through the UI.
+    // Create a webhook through the UI; the form opens from the keyboard, focus in its first field.
     open(&s, "#/webhooks").await;
     assert!(main_text(&s).await.contains("No webhooks yet"));
-    click(&s, "#new-webhook-button").await;
+    s.execute(
+        "document.getElementById('new-webhook-button').focus()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    s.press(webdriver::ENTER).await.unwrap();
+    s.wait_until("document.activeElement.name === 'url'", WAIT)
+        .await
+        .unwrap();
     assert_labelled(&s, "new webhook form").await;
     fill(&s, "#new-webhook input[name=url]", &receiver.url).await;
     fill(&s, "#new-webhook input[name=events]", "device.*").await;
@@ -551,6 +560,27 @@ async fn the_dashboard_in_a_real_browser() {
         wall.as_millis()
     );
     assert!(in_page.as_f64().unwrap() < 1000.0);
+
+    // By keyboard, on the freshly loaded page: the first Tab reaches the skip link, drawn with a visible focus ring, and
+    // Enter on it moves focus to the content.
+    s.execute("document.activeElement.blur()", vec![])
+        .await
+        .unwrap();
+    s.press(webdriver::TAB).await.unwrap();
+    let focused = s
+        .execute(
+            "const e = document.activeElement, st = getComputedStyle(e);
+             return [e.className, st.outlineStyle, st.outlineWidth]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(focused[0], "skip", "{focused}");
+    assert!(focused[1] != "none" && focused[2] != "0px", "{focused}");
+    s.press(webdriver::ENTER).await.unwrap();
+    s.wait_until("document.activeElement.id === 'main'", WAIT)
+        .await
+        .unwrap();
 
     // A read-only key sees no write buttons.
     let read_only = app

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 /// The key W3C WebDriver uses for an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// WebDriver's code for the Tab key.
+pub const TAB: &str = "\u{E004}";
+/// WebDriver's code for the Enter key.
+pub const ENTER: &str = "\u{E007}";
+
 /// `chromedriver` from PATH (Debian's `chromium-driver` installs `/usr/bin/chromedriver`).
 pub fn find_chromedriver() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -285,6 +290,16 @@ impl Session {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Presses `key` (a WebDriver key code such as [`TAB`] or [`ENTER`], or a character) on
+    /// whatever has focus, as a keyboard user would.
+    pub async fn press(&self, key: &str) -> Result<()> {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.call(reqwest::Method::POST, "/actions", Some(actions))
+            .await
+            .map(drop)
     }
 
     /// A Chrome DevTools command through chromedriver.
