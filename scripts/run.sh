@@ -35,6 +35,7 @@ token="$(sed -n 's/.*"token": "\(hr_[^"]*\)".*/\1/p' .data/bootstrap.json)"
 cat >&2 <<MSG
 
 hookrelay is starting on http://$listen  (API docs: http://$listen/docs)
+Dashboard: http://$listen/ui  (sign in with an API key, e.g. the one below)
 MSG
 if [ -n "$token" ]; then
   cat >&2 <<MSG

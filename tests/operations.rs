@@ -169,16 +169,6 @@ async fn rollup_equals_a_recount_after_a_mixed_run() {
     app.stop().await;
 }
 
-async fn get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
-    status_json(
-        app.req(reqwest::Method::GET, path, token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-}
-
 fn fields(problem: &Value) -> Vec<String> {
     let mut out: Vec<String> = problem["errors"]
         .as_array()
@@ -245,12 +235,12 @@ async fn webhook_metrics_count_attempts_per_period() {
     let org = app.create_org("metrics").await;
     let (_ok, _dead, ok_hook, dead_hook) = delivered(&app, &org).await;
 
-    let (status, body) = get(
-        &app,
-        &format!("/api/v1/metrics/webhooks?webhook_id={ok_hook}"),
-        &org.token,
-    )
-    .await;
+    let (status, body) = app
+        .get_json(
+            &format!("/api/v1/metrics/webhooks?webhook_id={ok_hook}"),
+            &org.token,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["webhook_id"], ok_hook.as_str());
     assert_eq!(body["interval"], "hour");
@@ -280,12 +270,12 @@ async fn webhook_metrics_count_attempts_per_period() {
     );
 
     // The dead webhook: its first attempt and the retry, both failed.
-    let (_, dead) = get(
-        &app,
-        &format!("/api/v1/metrics/webhooks?webhook_id={dead_hook}&days_back=2&interval=day"),
-        &org.token,
-    )
-    .await;
+    let (_, dead) = app
+        .get_json(
+            &format!("/api/v1/metrics/webhooks?webhook_id={dead_hook}&days_back=2&interval=day"),
+            &org.token,
+        )
+        .await;
     assert_eq!(dead["interval"], "day");
     assert_eq!(dead["metrics"].as_array().unwrap().len(), 2);
     assert_eq!(dead["metrics"][0]["deliveries_attempted"], 0);
@@ -293,7 +283,9 @@ async fn webhook_metrics_count_attempts_per_period() {
     assert_eq!(dead["summary"]["success_rate"], 0.0);
 
     // The whole organization, a longer window: days by default.
-    let (status, all) = get(&app, "/api/v1/metrics/webhooks?days_back=30", &org.token).await;
+    let (status, all) = app
+        .get_json("/api/v1/metrics/webhooks?days_back=30", &org.token)
+        .await;
     assert_eq!(status, 200, "{all}");
     assert_eq!(all["webhook_id"], Value::Null);
     assert_eq!(all["interval"], "day");
@@ -346,12 +338,12 @@ async fn metrics_refuse_bad_parameters_other_tenants_and_missing_scopes() {
         .create_webhook(&other, json!({"url": rx.url, "events": ["user.created"]}))
         .await;
 
-    let (status, problem) = get(
-        &app,
-        "/api/v1/metrics/webhooks?webhook_id=nope&days_back=91&interval=week",
-        &org.token,
-    )
-    .await;
+    let (status, problem) = app
+        .get_json(
+            "/api/v1/metrics/webhooks?webhook_id=nope&days_back=91&interval=week",
+            &org.token,
+        )
+        .await;
     assert_eq!(status, 400, "{problem}");
     assert_eq!(fields(&problem), ["days_back", "interval", "webhook_id"]);
     for bad in [
@@ -360,51 +352,54 @@ async fn metrics_refuse_bad_parameters_other_tenants_and_missing_scopes() {
         "days_back=-1",
         "interval=HOUR",
     ] {
-        let (status, problem) =
-            get(&app, &format!("/api/v1/metrics/webhooks?{bad}"), &org.token).await;
+        let (status, problem) = app
+            .get_json(&format!("/api/v1/metrics/webhooks?{bad}"), &org.token)
+            .await;
         assert_eq!(status, 400, "{bad}: {problem}");
         assert_eq!(fields(&problem).len(), 1, "{bad}: {problem}");
     }
-    let (status, problem) = get(
-        &app,
-        "/api/v1/metrics/packets?source_id=x&days_back=100",
-        &org.token,
-    )
-    .await;
+    let (status, problem) = app
+        .get_json(
+            "/api/v1/metrics/packets?source_id=x&days_back=100",
+            &org.token,
+        )
+        .await;
     assert_eq!(status, 400);
     assert_eq!(fields(&problem), ["days_back", "source_id"]);
 
-    let (status, _) = get(
-        &app,
-        &format!(
-            "/api/v1/metrics/webhooks?webhook_id={}",
-            theirs["id"].as_str().unwrap()
-        ),
-        &org.token,
-    )
-    .await;
+    let (status, _) = app
+        .get_json(
+            &format!(
+                "/api/v1/metrics/webhooks?webhook_id={}",
+                theirs["id"].as_str().unwrap()
+            ),
+            &org.token,
+        )
+        .await;
     assert_eq!(
         status, 404,
         "another organization's webhook does not exist here"
     );
-    let (status, _) = get(
-        &app,
-        &format!("/api/v1/metrics/packets?source_id={}", Uuid::new_v4()),
-        &org.token,
-    )
-    .await;
+    let (status, _) = app
+        .get_json(
+            &format!("/api/v1/metrics/packets?source_id={}", Uuid::new_v4()),
+            &org.token,
+        )
+        .await;
     assert_eq!(status, 404);
 
     let no_metrics = app.key_with_scopes(&org, &["deliveries:read"]).await;
     for path in ["/api/v1/metrics/webhooks", "/api/v1/metrics/packets"] {
-        let (status, problem) = get(&app, path, &no_metrics).await;
+        let (status, problem) = app.get_json(path, &no_metrics).await;
         assert_eq!(status, 403, "{path}: {problem}");
     }
     let metrics_only = app.key_with_scopes(&org, &["metrics:read"]).await;
-    let (status, _) = get(&app, "/api/v1/metrics/webhooks", &metrics_only).await;
+    let (status, _) = app
+        .get_json("/api/v1/metrics/webhooks", &metrics_only)
+        .await;
     assert_eq!(status, 200);
     for path in ["/api/v1/events", "/api/v1/deliveries"] {
-        let (status, _) = get(&app, path, &metrics_only).await;
+        let (status, _) = app.get_json(path, &metrics_only).await;
         assert_eq!(status, 403, "{path}");
     }
     app.stop().await;
@@ -466,12 +461,12 @@ async fn packet_metrics_count_received_accepted_and_duplicates() {
     assert_eq!(status, 200);
 
     let north = sources[0]["id"].as_str().unwrap();
-    let (status, body) = get(
-        &app,
-        &format!("/api/v1/metrics/packets?source_id={north}"),
-        &org.token,
-    )
-    .await;
+    let (status, body) = app
+        .get_json(
+            &format!("/api/v1/metrics/packets?source_id={north}"),
+            &org.token,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["source_id"], north);
     let periods = body["metrics"].as_array().unwrap();
@@ -490,7 +485,9 @@ async fn packet_metrics_count_received_accepted_and_duplicates() {
         body["summary"],
         json!({"packets_received": 10, "packets_accepted": 8, "duplicates": 2})
     );
-    let (_, all) = get(&app, "/api/v1/metrics/packets?days_back=8", &org.token).await;
+    let (_, all) = app
+        .get_json("/api/v1/metrics/packets?days_back=8", &org.token)
+        .await;
     assert_eq!(all["interval"], "day");
     assert_eq!(all["metrics"].as_array().unwrap().len(), 8);
     assert_eq!(
@@ -498,14 +495,14 @@ async fn packet_metrics_count_received_accepted_and_duplicates() {
         json!({"packets_received": 11, "packets_accepted": 9, "duplicates": 2})
     );
     let other = app.create_org("elsewhere").await;
-    let (status, _) = get(
-        &app,
-        &format!("/api/v1/metrics/packets?source_id={north}"),
-        &other.token,
-    )
-    .await;
+    let (status, _) = app
+        .get_json(
+            &format!("/api/v1/metrics/packets?source_id={north}"),
+            &other.token,
+        )
+        .await;
     assert_eq!(status, 404);
-    let (_, theirs) = get(&app, "/api/v1/metrics/packets", &other.token).await;
+    let (_, theirs) = app.get_json("/api/v1/metrics/packets", &other.token).await;
     assert_eq!(theirs["summary"]["packets_received"], 0);
     app.stop().await;
 }
@@ -516,7 +513,7 @@ async fn events_and_deliveries_across_webhooks() {
     let org = app.create_org("ops").await;
     let (_ok, _dead, ok_hook, dead_hook) = delivered(&app, &org).await;
 
-    let (status, events) = get(&app, "/api/v1/events", &org.token).await;
+    let (status, events) = app.get_json("/api/v1/events", &org.token).await;
     assert_eq!(status, 200, "{events}");
     let data = events["data"].as_array().unwrap();
     assert_eq!(data.len(), 3);
@@ -526,33 +523,29 @@ async fn events_and_deliveries_across_webhooks() {
     assert_eq!(data[0]["source_id"], Value::Null);
     assert!(data[0].get("deliveries").is_none());
 
-    let (_, created) = get(
-        &app,
-        "/api/v1/events?event=user.created&limit=1",
-        &org.token,
-    )
-    .await;
+    let (_, created) = app
+        .get_json("/api/v1/events?event=user.created&limit=1", &org.token)
+        .await;
     assert_eq!(created["data"].as_array().unwrap().len(), 1);
     assert_eq!(created["data"][0]["data"], json!({"n": 2}));
     let cursor = created["next_cursor"].as_str().unwrap();
-    let (_, rest) = get(
-        &app,
-        &format!("/api/v1/events?event=user.created&limit=1&cursor={cursor}"),
-        &org.token,
-    )
-    .await;
+    let (_, rest) = app
+        .get_json(
+            &format!("/api/v1/events?event=user.created&limit=1&cursor={cursor}"),
+            &org.token,
+        )
+        .await;
     assert_eq!(rest["data"][0]["data"], json!({"n": 1}));
     assert_eq!(rest["next_cursor"], Value::Null);
-    let (_, none) = get(
-        &app,
-        "/api/v1/events?since=2999-01-01T00:00:00Z",
-        &org.token,
-    )
-    .await;
+    let (_, none) = app
+        .get_json("/api/v1/events?since=2999-01-01T00:00:00Z", &org.token)
+        .await;
     assert_eq!(none["data"], json!([]));
 
     let dead_event = data[0]["id"].as_str().unwrap();
-    let (status, one) = get(&app, &format!("/api/v1/events/{dead_event}"), &org.token).await;
+    let (status, one) = app
+        .get_json(&format!("/api/v1/events/{dead_event}"), &org.token)
+        .await;
     assert_eq!(status, 200, "{one}");
     assert_eq!(one["event"], "user.deleted");
     let deliveries = one["deliveries"].as_array().unwrap();
@@ -562,34 +555,33 @@ async fn events_and_deliveries_across_webhooks() {
     assert_eq!(deliveries[0]["attempt_number"], 2);
     assert_eq!(deliveries[0]["response_status"], 500);
 
-    let (status, all) = get(&app, "/api/v1/deliveries", &org.token).await;
+    let (status, all) = app.get_json("/api/v1/deliveries", &org.token).await;
     assert_eq!(status, 200, "{all}");
     assert_eq!(all["data"].as_array().unwrap().len(), 3);
-    let (_, failed) = get(&app, "/api/v1/deliveries?status=failed", &org.token).await;
+    let (_, failed) = app
+        .get_json("/api/v1/deliveries?status=failed", &org.token)
+        .await;
     let failed = failed["data"].as_array().unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["webhook_id"], dead_hook.as_str());
     assert_eq!(failed[0]["event"], "user.deleted");
-    let (_, sent) = get(
-        &app,
-        &format!("/api/v1/deliveries?status=sent&webhook_id={ok_hook}&event=user.created"),
-        &org.token,
-    )
-    .await;
+    let (_, sent) = app
+        .get_json(
+            &format!("/api/v1/deliveries?status=sent&webhook_id={ok_hook}&event=user.created"),
+            &org.token,
+        )
+        .await;
     assert_eq!(sent["data"].as_array().unwrap().len(), 2);
-    let (_, none) = get(
-        &app,
-        &format!("/api/v1/deliveries?webhook_id={ok_hook}&event=user.deleted"),
-        &org.token,
-    )
-    .await;
+    let (_, none) = app
+        .get_json(
+            &format!("/api/v1/deliveries?webhook_id={ok_hook}&event=user.deleted"),
+            &org.token,
+        )
+        .await;
     assert_eq!(none["data"], json!([]));
-    let (_, until) = get(
-        &app,
-        "/api/v1/deliveries?until=2000-01-01T00:00:00Z",
-        &org.token,
-    )
-    .await;
+    let (_, until) = app
+        .get_json("/api/v1/deliveries?until=2000-01-01T00:00:00Z", &org.token)
+        .await;
     assert_eq!(until["data"], json!([]));
 
     for bad in [
@@ -599,22 +591,24 @@ async fn events_and_deliveries_across_webhooks() {
         "/api/v1/events?since=yesterday",
         "/api/v1/events?cursor=forged",
     ] {
-        let (status, problem) = get(&app, bad, &org.token).await;
+        let (status, problem) = app.get_json(bad, &org.token).await;
         assert_eq!(status, 400, "{bad}: {problem}");
     }
 
     // Another organization sees none of it.
     let other = app.create_org("elsewhere").await;
-    let (status, _) = get(&app, &format!("/api/v1/events/{dead_event}"), &other.token).await;
+    let (status, _) = app
+        .get_json(&format!("/api/v1/events/{dead_event}"), &other.token)
+        .await;
     assert_eq!(status, 404);
-    let (_, theirs) = get(&app, "/api/v1/events", &other.token).await;
+    let (_, theirs) = app.get_json("/api/v1/events", &other.token).await;
     assert_eq!(theirs["data"], json!([]));
-    let (_, theirs) = get(
-        &app,
-        &format!("/api/v1/deliveries?webhook_id={ok_hook}"),
-        &other.token,
-    )
-    .await;
+    let (_, theirs) = app
+        .get_json(
+            &format!("/api/v1/deliveries?webhook_id={ok_hook}"),
+            &other.token,
+        )
+        .await;
     assert_eq!(theirs["data"], json!([]));
     let writer = app.key_with_scopes(&org, &["events:write"]).await;
     for path in [
@@ -622,7 +616,7 @@ async fn events_and_deliveries_across_webhooks() {
         format!("/api/v1/events/{dead_event}"),
         "/api/v1/deliveries".to_owned(),
     ] {
-        let (status, _) = get(&app, &path, &writer).await;
+        let (status, _) = app.get_json(&path, &writer).await;
         assert_eq!(status, 403, "{path}");
     }
     app.stop().await;

@@ -176,7 +176,7 @@ pub async fn restart_fault_cluster() {
     assert!(status.success(), "restarting the fault cluster failed");
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits in the workspace")
@@ -240,6 +240,17 @@ impl TestApp {
         self.http.request(method, self.url(path)).bearer_auth(token)
     }
 
+    /// GET `path` with `token`: the answer's status and JSON body.
+    pub async fn get_json(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        status_json(
+            self.req(reqwest::Method::GET, path, token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     /// Creates a key of `org` with exactly `scopes`.
     pub async fn key_with_scopes(&self, org: &Org, scopes: &[&str]) -> String {
         let resp = self
@@ -299,6 +310,8 @@ pub async fn status_json(resp: reqwest::Response) -> (u16, serde_json::Value) {
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
 }
+
+pub mod webdriver;
 
 /// A real HTTP receiver on 127.0.0.1 that records every request and answers from a script.
 pub mod receiver {

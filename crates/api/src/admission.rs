@@ -44,10 +44,14 @@ impl Admission {
     }
 }
 
-/// Paths that must answer however loaded the service is: probes, metrics and the docs.
+/// Paths that must answer however loaded the service is: probes, metrics, the docs and the
+/// dashboard's files (none touches the database; the dashboard's API calls are admitted as any).
 fn exempt(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
-        || path.starts_with("/docs")
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/ui"
+    ) || path.starts_with("/docs")
+        || path.starts_with("/ui/")
 }
 
 pub async fn middleware(

@@ -13,6 +13,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
 pub mod schema;
+pub mod ui;
 pub mod validate;
 
 use actix_web::{App, HttpServer, dev::Server, web};
@@ -183,6 +184,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(health::readyz)
     .service(health::metrics)
     .configure(openapi::configure)
+    .configure(ui::configure)
     .service(ingest::hubble_push)
     .service(ingest::verify)
     .service(ingest::signed_push)
