@@ -325,11 +325,11 @@ proptest! {
             );
         }
         let newest = secrets[0].as_str().as_bytes();
-        prop_assert_eq!(verify_seed(newest, &headers.seed_signature, &body), Ok(()));
+        prop_assert_eq!(verify_seed(newest, headers.seed_signature.as_deref().unwrap(), &body), Ok(()));
         for older in &secrets[1..] {
             if older != &secrets[0] {
                 prop_assert_eq!(
-                    verify_seed(older.as_str().as_bytes(), &headers.seed_signature, &body),
+                    verify_seed(older.as_str().as_bytes(), headers.seed_signature.as_deref().unwrap(), &body),
                     Err(VerifyError::Mismatch)
                 );
             }
