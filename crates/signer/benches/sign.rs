@@ -31,6 +31,15 @@ fn bench(c: &mut Criterion) {
             SignatureHeaders::sign_keys(&keys, black_box("msg_2b6K9QZ"), 1_700_000_000, &body)
         })
     });
+    // What a worker does before signing: parse the opened key text (derives the public key).
+    let stored = ed25519.to_private_text();
+    group.bench_function("ed25519_parse_stored_key", |b| {
+        b.iter(|| SigningKey::parse(black_box(&stored)).unwrap())
+    });
+    let stored_secret = secret.as_str().to_owned();
+    group.bench_function("hmac_parse_stored_secret", |b| {
+        b.iter(|| SigningKey::parse(black_box(&stored_secret)).unwrap())
+    });
     group.bench_function("plain_hmac_sha256", |b| {
         b.iter(|| {
             let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(black_box(&[7u8; 32])).unwrap();
