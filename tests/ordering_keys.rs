@@ -62,7 +62,10 @@ async fn ordering_keys_are_stored_defaulted_copied_to_deliveries_and_shown() {
             json!({"event": "user.created", "data": {"user_id": 1}, "ordering_key": "user-1"}),
             json!("user-1"),
         ),
-        (json!({"event": "user.created", "data": {"user_id": 2}}), Value::Null),
+        (
+            json!({"event": "user.created", "data": {"user_id": 2}}),
+            Value::Null,
+        ),
         (
             json!({"event": "device.online", "data": {"device_id": "d-7"}}),
             json!("d-7"),
@@ -109,7 +112,11 @@ async fn ordering_keys_are_stored_defaulted_copied_to_deliveries_and_shown() {
         let keys = delivery_keys(&app, published["id"].as_str().unwrap()).await;
         assert!(!keys.is_empty(), "{body}: fanned out");
         for key in keys {
-            assert_eq!(&json!(key), expected, "{body}: the delivery carries its event's key");
+            assert_eq!(
+                &json!(key),
+                expected,
+                "{body}: the delivery carries its event's key"
+            );
         }
     }
 
@@ -144,9 +151,15 @@ async fn ordering_keys_are_stored_defaulted_copied_to_deliveries_and_shown() {
     )
     .await
     .unwrap();
-    let defaulted = trigger_event(pool, org.id, "device.registered", json!({"device_id": "lib-1"}), 6)
-        .await
-        .unwrap();
+    let defaulted = trigger_event(
+        pool,
+        org.id,
+        "device.registered",
+        json!({"device_id": "lib-1"}),
+        6,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         event(&app, &org, &json!(keyed.id)).await["ordering_key"],
         "sub-s-1"
@@ -195,17 +208,22 @@ async fn hubble_ingest_keys_each_packet_by_its_device() {
     assert_eq!(status, 201, "{source}");
     let url = source["ingest_url"].as_str().unwrap();
     let path = &url[url.find("/ingest/").unwrap()..];
+    let (dev_a, dev_b) = (
+        "7b0c6a1e-4f2d-4c8a-9e1b-00000000000a",
+        "7b0c6a1e-4f2d-4c8a-9e1b-00000000000b",
+    );
     let packet = |device: &str, seq: u64| {
         json!({"device": {"id": device, "sequence_number": seq, "timestamp": 1_763_000_000 + seq,
                           "payload": "3q2+7w==", "rssi": -80},
-               "location": {"latitude": 52.37, "longitude": 4.89, "timestamp": 1_763_000_000 + seq},
+               "location": {"latitude": 52.37, "longitude": 4.89, "altitude": 2.0,
+                            "timestamp": 1_763_000_000 + seq},
                "network_type": "TERRESTRIAL"})
     };
     let (status, answer) = status_json(
         app.http
             .post(app.url(path))
             .header("HTTP-X-HUBBLE-TOKEN", token)
-            .json(&json!({"packets": [packet("dev-a", 1), packet("dev-b", 1), packet("dev-a", 2)]}))
+            .json(&json!({"packets": [packet(dev_a, 1), packet(dev_b, 1), packet(dev_a, 2)]}))
             .send()
             .await
             .unwrap(),
@@ -214,10 +232,14 @@ async fn hubble_ingest_keys_each_packet_by_its_device() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["accepted"], 3);
     let (status, list) = status_json(
-        app.req(Method::GET, "/api/v1/events?event=hubble.packet", &org.token)
-            .send()
-            .await
-            .unwrap(),
+        app.req(
+            Method::GET,
+            "/api/v1/events?event=hubble.packet",
+            &org.token,
+        )
+        .send()
+        .await
+        .unwrap(),
     )
     .await;
     assert_eq!(status, 200, "{list}");
@@ -275,7 +297,10 @@ async fn malformed_ordering_keys_are_refused_naming_the_field_and_storing_nothin
             .unwrap();
         let (status, problem) = status_json(resp).await;
         assert_eq!(status, 400, "{problem}");
-        assert_eq!(problem["errors"][0]["field"], "events[1].ordering_key", "{problem}");
+        assert_eq!(
+            problem["errors"][0]["field"], "events[1].ordering_key",
+            "{problem}"
+        );
     }
     assert_eq!(events_count(&app).await, 0);
 

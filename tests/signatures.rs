@@ -115,7 +115,10 @@ async fn ed25519_deliveries_verify_with_the_public_key_and_rotation_signs_with_b
             .fetch_one(&app.db.pool)
             .await
             .unwrap();
-    assert!(stored.starts_with("v1:") && !stored.contains("whsk_"), "{stored}");
+    assert!(
+        stored.starts_with("v1:") && !stored.contains("whsk_"),
+        "{stored}"
+    );
     assert_eq!(json!(public), hook["public_key"]);
 
     // A published event arrives signed with v1a only.
@@ -243,7 +246,10 @@ async fn signature_scheme_is_validated_fixed_at_creation_and_scoped_to_its_organ
 
     // HMAC stays the default, with its secret and no public key.
     let hmac = app
-        .create_webhook(&org, json!({"url": "https://example.com/h", "events": ["*"]}))
+        .create_webhook(
+            &org,
+            json!({"url": "https://example.com/h", "events": ["*"]}),
+        )
         .await;
     assert_eq!(hmac["signature_scheme"], "hmac-sha256");
     assert_eq!(hmac["public_key"], Value::Null);
@@ -263,7 +269,13 @@ async fn signature_scheme_is_validated_fixed_at_creation_and_scoped_to_its_organ
 
     // Unknown values and wrong types are 400 naming the field; a secret for an Ed25519 webhook
     // is well formed but contradictory: 422.
-    for bad in [json!("rsa"), json!(""), json!(5), json!(["ed25519"]), json!("ED25519")] {
+    for bad in [
+        json!("rsa"),
+        json!(""),
+        json!(5),
+        json!(["ed25519"]),
+        json!("ED25519"),
+    ] {
         let (status, problem) = send(
             &app,
             &org,
@@ -273,7 +285,10 @@ async fn signature_scheme_is_validated_fixed_at_creation_and_scoped_to_its_organ
         )
         .await;
         assert_eq!(status, 400, "{bad}: {problem}");
-        assert_eq!(problem["errors"][0]["field"], "signature_scheme", "{problem}");
+        assert_eq!(
+            problem["errors"][0]["field"], "signature_scheme",
+            "{problem}"
+        );
     }
     let (status, problem) = send(
         &app,
@@ -289,7 +304,14 @@ async fn signature_scheme_is_validated_fixed_at_creation_and_scoped_to_its_organ
 
     // PATCH: the same scheme is a no-op, another is a 422 that says why; nothing changes.
     let path = format!("/api/v1/webhooks/{ed_id}");
-    let (status, same) = send(&app, &org, Method::PATCH, &path, json!({"signature_scheme": "ed25519"})).await;
+    let (status, same) = send(
+        &app,
+        &org,
+        Method::PATCH,
+        &path,
+        json!({"signature_scheme": "ed25519"}),
+    )
+    .await;
     assert_eq!(status, 200, "{same}");
     assert_eq!(same["public_key"], ed["public_key"]);
     let (status, problem) = send(
@@ -302,7 +324,10 @@ async fn signature_scheme_is_validated_fixed_at_creation_and_scoped_to_its_organ
     .await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["errors"][0]["field"], "signature_scheme");
-    assert!(problem["detail"].as_str().unwrap().contains("fixed"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("fixed"),
+        "{problem}"
+    );
     let (_, unchanged) = get(&app, &org, &path).await;
     assert_eq!(unchanged["description"], Value::Null);
     assert_eq!(unchanged["signature_scheme"], "ed25519");
@@ -318,7 +343,14 @@ async fn signature_scheme_is_validated_fixed_at_creation_and_scoped_to_its_organ
 
     // Rotating an Ed25519 webhook to a given secret is refused; its key pair stays.
     let rotate = format!("/api/v1/webhooks/{ed_id}/rotate-secret");
-    let (status, problem) = send(&app, &org, Method::POST, &rotate, json!({"secret": hmac["secret"]})).await;
+    let (status, problem) = send(
+        &app,
+        &org,
+        Method::POST,
+        &rotate,
+        json!({"secret": hmac["secret"]}),
+    )
+    .await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["errors"][0]["field"], "secret");
     let (_, got) = get(&app, &org, &path).await;
@@ -329,8 +361,18 @@ async fn signature_scheme_is_validated_fixed_at_creation_and_scoped_to_its_organ
     assert_eq!(status, 404);
     let (status, _) = send(&app, &other, Method::POST, &rotate, json!({})).await;
     assert_eq!(status, 404);
-    let (status, _) = send(&app, &other, Method::PATCH, &path, json!({"signature_scheme": "hmac-sha256"})).await;
+    let (status, _) = send(
+        &app,
+        &other,
+        Method::PATCH,
+        &path,
+        json!({"signature_scheme": "hmac-sha256"}),
+    )
+    .await;
     assert_eq!(status, 404);
     let (_, got) = get(&app, &org, &path).await;
-    assert_eq!(got["public_key"], ed["public_key"], "not rotated by the other tenant");
+    assert_eq!(
+        got["public_key"], ed["public_key"],
+        "not rotated by the other tenant"
+    );
 }

@@ -266,7 +266,14 @@ async fn publish_cow(
         org_id,
         max_attempts,
         now,
-        (&ev_ids, &ev_names, ev_data, &ev_keys, &ev_sources, &ev_order),
+        (
+            &ev_ids,
+            &ev_names,
+            ev_data,
+            &ev_keys,
+            &ev_sources,
+            &ev_order,
+        ),
         &deliveries,
         &batched,
     )
@@ -594,4 +601,65 @@ pub async fn trigger_event_with_key(
     .await?;
     wake_workers(&mut *conn).await?;
     Ok(published.remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ordering_keys_come_from_the_device() {
+        let key = |event: &str, data: Value| default_ordering_key(event, &data);
+        assert_eq!(
+            key("hubble.packet", json!({"device": {"id": "hb-1"}})),
+            Some("hb-1".into())
+        );
+        assert_eq!(
+            key("device.online", json!({"device_id": "d-1"})),
+            Some("d-1".into())
+        );
+        assert_eq!(
+            key("device.alert", json!({"device_id": 42})),
+            Some("42".into())
+        );
+        // Not a key: other types, floats, objects, empty or over-long strings.
+        assert_eq!(key("device.alert", json!({"device_id": 4.2})), None);
+        assert_eq!(key("device.alert", json!({"device_id": {"a": 1}})), None);
+        assert_eq!(key("device.alert", json!({"device_id": ""})), None);
+        assert_eq!(
+            key("device.alert", json!({"device_id": "x".repeat(256)})),
+            None
+        );
+        assert_eq!(key("hubble.packet", json!({"device_id": "d-1"})), None);
+        assert_eq!(key("alert.triggered", json!({"device_id": "d-1"})), None);
+        assert_eq!(key("user.created", json!({"device": {"id": "x"}})), None);
+    }
+
+    #[test]
+    fn ordering_keys_are_counted_in_characters() {
+        assert_eq!(ordering_key_problem(""), Some("1 to 255 characters"));
+        assert_eq!(ordering_key_problem(&"é".repeat(255)), None);
+        assert_eq!(
+            ordering_key_problem(&"é".repeat(256)),
+            Some("1 to 255 characters")
+        );
+        assert_eq!(ordering_key_problem("a\0b"), Some("must not contain NUL"));
+    }
+
+    #[test]
+    fn an_ordering_key_is_part_of_an_idempotent_request_only_when_given() {
+        let mut event = NewEvent {
+            event: "user.created".into(),
+            data: json!({}),
+            idempotency_key: Some("k".into()),
+            ordering_key: None,
+            source_id: None,
+        };
+        let without = request_hash(&event);
+        event.ordering_key = Some("a".into());
+        let with_a = request_hash(&event);
+        event.ordering_key = Some("b".into());
+        assert_ne!(without, with_a);
+        assert_ne!(with_a, request_hash(&event));
+    }
 }

@@ -149,7 +149,11 @@ pub(crate) async fn validate_events(
                 ));
             }
         }
-        if let Some(problem) = e.ordering_key.as_deref().and_then(events::ordering_key_problem) {
+        if let Some(problem) = e
+            .ordering_key
+            .as_deref()
+            .and_then(events::ordering_key_problem)
+        {
             errors.push(FieldError::new(format!("{at}ordering_key"), problem));
         }
         if let Some(validator) = validators.get(e.event.as_str()) {

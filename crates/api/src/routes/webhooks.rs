@@ -230,9 +230,7 @@ pub async fn create(
         .map(validate::description)
         .transpose();
     let description = collect(description, &mut errors).flatten();
-    let scheme = body
-        .signature_scheme
-        .unwrap_or(SignatureScheme::HmacSha256);
+    let scheme = body.signature_scheme.unwrap_or(SignatureScheme::HmacSha256);
     let (secret, public_key) = match (body.secret.as_deref(), scheme) {
         // Well formed but contradictory: answered with 422 once the rest is known valid.
         (Some(_), SignatureScheme::Ed25519) => (None, None),
@@ -273,8 +271,9 @@ pub async fn create(
     }
     if secret.is_none() {
         return Err(ApiError::Unprocessable {
-            detail: "an ed25519 webhook signs with a key pair hookrelay generates; it takes no secret"
-                .into(),
+            detail:
+                "an ed25519 webhook signs with a key pair hookrelay generates; it takes no secret"
+                    .into(),
             errors: vec![no_secret_for_ed25519()],
         });
     }
@@ -663,9 +662,7 @@ pub async fn rotate_secret(
         SignatureScheme::HmacSha256
     };
     let (new_secret, public_key) = match (body.secret.as_deref(), scheme) {
-        (Some(s), SignatureScheme::HmacSha256) => {
-            (collect(validate::secret(s), &mut errors), None)
-        }
+        (Some(s), SignatureScheme::HmacSha256) => (collect(validate::secret(s), &mut errors), None),
         (Some(_), SignatureScheme::Ed25519) => {
             if !errors.is_empty() {
                 return Err(ApiError::invalid(errors));
