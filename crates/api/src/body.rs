@@ -111,10 +111,20 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         Err(err) => {
             let path = err.path().to_string();
             let inner = err.into_inner();
+            let field = if path == "." { "body".to_owned() } else { path };
             if inner.is_syntax() || inner.is_eof() {
+                // serde_json reads an enum (say `"signature_scheme": 5` or `[…]`) by peeking at
+                // the next token and reports a syntax error when it is neither a string nor an
+                // object: for JSON that parses, that is a wrong type at the path, not malformed.
+                if field != "body" && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+                {
+                    return Err(ApiError::invalid(vec![FieldError::new(
+                        field,
+                        "invalid type: expected one of the documented string values",
+                    )]));
+                }
                 return Err(ApiError::malformed_body(format!("malformed JSON: {inner}")));
             }
-            let field = if path == "." { "body".to_owned() } else { path };
             let message = inner.to_string();
             let message = message
                 .split(" at line ")

@@ -197,6 +197,10 @@ impl From<hookrelay_storage::events::PublishError> for ApiError {
                     "reused with a different request",
                 )],
             },
+            // The API checks keys before publishing; this is the library path's own check.
+            PublishError::InvalidOrderingKey(problem) => {
+                Self::invalid(vec![FieldError::new("ordering_key", problem)])
+            }
             PublishError::Storage(e) => e.into(),
         }
     }

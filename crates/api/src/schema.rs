@@ -371,6 +371,14 @@ pub fn idempotency_key_opt() -> Object {
     )
 }
 
+pub fn ordering_key_opt() -> Object {
+    from_json(json!({"type": ["string", "null"], "minLength": 1,
+        "maxLength": hookrelay_storage::events::MAX_ORDERING_KEY_CHARS, "pattern": NO_NUL,
+        "description": "Deliveries sharing a key are ordered for `per_key` webhooks: 1–255 \
+            characters. When omitted: `device.id` of a `hubble.packet`, `data.device_id` of a \
+            `device.*` event, else none (unordered)."}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

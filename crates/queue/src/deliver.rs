@@ -1,10 +1,11 @@
-//! One delivery attempt over HTTP: build the body and headers, sign them with every live secret,
+//! One delivery attempt over HTTP: build the body and headers, sign them with every live key
+//! (HMAC secrets: `v1` and `X-Webhook-Signature`; Ed25519 keys: `v1a` only),
 //! POST with a timeout and no redirects, and read a bounded excerpt of the answer. Name
 //! resolution goes through [`CheckedResolver`], so the connection is made to exactly the
 //! addresses that passed the SSRF rules (DNS may have changed since the webhook was saved).
 
 use chrono::Utc;
-use hookrelay_signer::{Secret, SignatureHeaders};
+use hookrelay_signer::{SignatureHeaders, SigningKey};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -60,8 +61,8 @@ pub struct Request<'a> {
     pub url: &'a str,
     pub event: &'a str,
     pub body: &'a [u8],
-    /// Newest first; the previous secret while its rotation grace period lasts.
-    pub secrets: &'a [Secret],
+    /// Newest first; the previous key while its rotation grace period lasts.
+    pub secrets: &'a [SigningKey],
     pub extra_headers: &'a [(String, String)],
     /// `HTTP-X-HUBBLE-TOKEN` for the Hubble payload format.
     pub hubble_token: Option<&'a str>,
@@ -169,8 +170,8 @@ pub async fn attempt(
     {
         return Outcome::failed(format!("refused: the host is {reason}"), started);
     }
-    let signed = SignatureHeaders::sign(
-        &request.secrets.iter().collect::<Vec<_>>(),
+    let signed = SignatureHeaders::sign_keys(
+        request.secrets,
         &request.delivery_id.to_string(),
         Utc::now().timestamp(),
         request.body,

@@ -591,6 +591,7 @@ async fn update_health(
                 "consecutive_failures": failures,
             }),
             idempotency_key: None,
+            ordering_key: None,
             source_id: None,
         };
         hookrelay_storage::events::publish(&mut *tx, org_id, &[event], policy.max_attempts).await?;

@@ -4,7 +4,7 @@
 //! publish, or when the next scheduled retry falls due, or at the poll interval.
 
 use chrono::Utc;
-use hookrelay_signer::Secret;
+use hookrelay_signer::SigningKey;
 use hookrelay_storage::{SecretBox, credentials, events::JOBS_CHANNEL, webhooks::secret_context};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -259,7 +259,9 @@ pub(crate) async fn dispatch_with_room(
     }
 }
 
-fn signing_secrets(ctx: &Context, work: &Work) -> Result<Vec<Secret>, String> {
+/// The webhook's keys, newest first: `whsec_…` HMAC secrets or `whsk_…` Ed25519 private keys
+/// (the stored text's prefix says which scheme, so the claim needs no extra column).
+fn signing_secrets(ctx: &Context, work: &Work) -> Result<Vec<SigningKey>, String> {
     let context = secret_context(work.job.webhook_id);
     let mut out = Vec::with_capacity(2);
     for sealed in std::iter::once(&work.secret).chain(work.previous_secret.as_ref()) {
@@ -267,7 +269,7 @@ fn signing_secrets(ctx: &Context, work: &Work) -> Result<Vec<Secret>, String> {
             .secrets
             .open(&context, sealed)
             .map_err(|e| e.to_string())?;
-        out.push(Secret::parse(&plain).map_err(|e| e.to_string())?);
+        out.push(SigningKey::parse(&plain).map_err(|e| e.to_string())?);
     }
     Ok(out)
 }
@@ -311,7 +313,13 @@ pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
                 body: &body,
                 secrets: &secrets,
                 extra_headers: &headers,
-                hubble_token: (work.payload_format == "hubble").then(|| secrets[0].as_str()),
+                // Hubble's token is the shared secret: an Ed25519 webhook has none to send.
+                hubble_token: match &secrets[0] {
+                    SigningKey::Hmac(secret) if work.payload_format == "hubble" => {
+                        Some(secret.as_str())
+                    }
+                    _ => None,
+                },
             };
             deliver::attempt(&ctx.client, &request, ctx.settings.allow_private_targets).await
         }

@@ -97,7 +97,7 @@ async fn child_delivers_with_proxy_variables_set() {
     });
     let secret = hookrelay_signer::Secret::generate().unwrap();
     let attempt = |client: reqwest::Client, url: String, allow_private: bool| {
-        let secrets = [secret.clone()];
+        let secrets = [hookrelay_signer::SigningKey::Hmac(secret.clone())];
         async move {
             let request = Request {
                 delivery_id: uuid::Uuid::now_v7(),

@@ -1,9 +1,11 @@
 //! Webhook signatures, with no I/O: the `whsec_` secret format, the Standard Webhooks v1 scheme
 //! (`webhook-id`, `webhook-timestamp`, `webhook-signature`) and the seed-compatible
-//! `X-Webhook-Signature: sha256=<hex>` scheme, signing and constant-time verification of both.
+//! `X-Webhook-Signature: sha256=<hex>` scheme, signing and constant-time verification of both;
+//! and Standard Webhooks' asymmetric `v1a` (Ed25519, [`asymmetric`]).
 //!
-//! Every outbound request carries both schemes at once, so receivers written for either verify
-//! unchanged. Time is always passed in, never read here, so verification is testable without a clock.
+//! A request of an HMAC webhook carries both HMAC schemes at once, so receivers written for
+//! either verify unchanged; an Ed25519 webhook has no shared secret, so its requests carry `v1a`
+//! only. Time is always passed in, never read here, so verification is testable without a clock.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -11,6 +13,9 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+
+pub mod asymmetric;
+pub use asymmetric::{Ed25519Key, PUBLIC_KEY_PREFIX, PublicKey, SIGNING_KEY_PREFIX, verify_v1a};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -24,7 +29,7 @@ pub const DEFAULT_SECRET_BYTES: usize = 32;
 pub const DEFAULT_TOLERANCE_SECS: i64 = 5 * 60;
 
 /// Receivers in the wild pad or don't pad their base64: accept both when parsing.
-const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+pub(crate) const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
@@ -37,6 +42,14 @@ pub enum SecretError {
     InvalidBase64,
     #[error("a webhook secret must hold 24 to 64 bytes of key; this one holds {0}")]
     BadLength(usize),
+    #[error("an Ed25519 key must start with \"{0}\"")]
+    MissingKeyPrefix(&'static str),
+    #[error("the part of the Ed25519 key after its prefix is not valid base64")]
+    InvalidKeyBase64,
+    #[error("an Ed25519 key must hold 32 bytes; this one holds {0}")]
+    BadKeyLength(usize),
+    #[error("the public key is not a point of the Ed25519 curve")]
+    NotAPublicKey,
     #[error("the system random number generator failed: {0}")]
     Random(String),
 }
@@ -158,17 +171,46 @@ pub fn sign_seed_with_key(key: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(plain_mac(key, body)))
 }
 
-/// The signature headers of one outbound request, both schemes.
+/// A webhook's signing key as stored: an HMAC secret (`whsec_…`, scheme `hmac-sha256`) or an
+/// Ed25519 private key (`whsk_…`, scheme `ed25519`). The prefix says which, so a delivery needs
+/// nothing but the stored text to sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigningKey {
+    Hmac(Secret),
+    Ed25519(Ed25519Key),
+}
+
+impl SigningKey {
+    /// Parses a stored key by its prefix.
+    pub fn parse(text: &str) -> Result<Self, SecretError> {
+        if text.starts_with(SIGNING_KEY_PREFIX) {
+            Ed25519Key::parse(text).map(Self::Ed25519)
+        } else {
+            Secret::parse(text).map(Self::Hmac)
+        }
+    }
+
+    /// This key's entry of `webhook-signature`: `v1,…` or `v1a,…`.
+    pub fn sign_standard(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        match self {
+            Self::Hmac(secret) => secret.sign_standard(msg_id, timestamp, body),
+            Self::Ed25519(key) => key.sign_v1a(msg_id, timestamp, body),
+        }
+    }
+}
+
+/// The signature headers of one outbound request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureHeaders {
     /// `webhook-id` and `X-Webhook-ID`: the delivery id, stable across retries.
     pub id: String,
     /// `webhook-timestamp` and `X-Webhook-Timestamp`: unix seconds.
     pub timestamp: String,
-    /// `webhook-signature`: one `v1,` signature per secret, space-separated.
+    /// `webhook-signature`: one `v1,` (or `v1a,`) signature per key, space-separated.
     pub standard_signature: String,
-    /// `X-Webhook-Signature`: `sha256=<hex>` under the newest secret.
-    pub seed_signature: String,
+    /// `X-Webhook-Signature`: `sha256=<hex>` under the newest secret; none when the newest key
+    /// is an Ed25519 key (there is no shared secret to key an HMAC with).
+    pub seed_signature: Option<String>,
 }
 
 impl SignatureHeaders {
@@ -188,34 +230,54 @@ impl SignatureHeaders {
             id: msg_id.to_owned(),
             timestamp: timestamp.to_string(),
             standard_signature,
-            seed_signature: newest.sign_seed(body),
+            seed_signature: Some(newest.sign_seed(body)),
+        }
+    }
+
+    /// [`SignatureHeaders::sign`] for stored keys of either scheme: `v1` for HMAC secrets, `v1a`
+    /// for Ed25519 keys, and `X-Webhook-Signature` only when the newest key is an HMAC secret.
+    ///
+    /// # Panics
+    /// When `keys` is empty.
+    pub fn sign_keys(keys: &[SigningKey], msg_id: &str, timestamp: i64, body: &[u8]) -> Self {
+        let newest = keys.first().expect("at least one signing key");
+        let standard_signature = keys
+            .iter()
+            .map(|k| k.sign_standard(msg_id, timestamp, body))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Self {
+            id: msg_id.to_owned(),
+            timestamp: timestamp.to_string(),
+            standard_signature,
+            seed_signature: match newest {
+                SigningKey::Hmac(secret) => Some(secret.sign_seed(body)),
+                SigningKey::Ed25519(_) => None,
+            },
         }
     }
 
     /// Header name/value pairs, in the order they are sent.
-    pub fn pairs(&self) -> [(&'static str, &str); 6] {
+    pub fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
         [
-            ("webhook-id", &self.id),
-            ("webhook-timestamp", &self.timestamp),
-            ("webhook-signature", &self.standard_signature),
-            ("X-Webhook-ID", &self.id),
-            ("X-Webhook-Timestamp", &self.timestamp),
-            ("X-Webhook-Signature", &self.seed_signature),
+            ("webhook-id", Some(self.id.as_str())),
+            ("webhook-timestamp", Some(self.timestamp.as_str())),
+            ("webhook-signature", Some(self.standard_signature.as_str())),
+            ("X-Webhook-ID", Some(self.id.as_str())),
+            ("X-Webhook-Timestamp", Some(self.timestamp.as_str())),
+            ("X-Webhook-Signature", self.seed_signature.as_deref()),
         ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
     }
 }
 
-/// Verifies a Standard Webhooks request as a receiver would: the timestamp must be within
-/// `tolerance_secs` of `now` (unix seconds) and one `v1,` signature must match.
-pub fn verify_standard(
-    secret: &Secret,
-    msg_id: &str,
+/// The timestamp of a `webhook-timestamp` header, if it is within `tolerance_secs` of `now`.
+pub(crate) fn check_timestamp(
     timestamp_header: &str,
-    signature_header: &str,
-    body: &[u8],
     now: i64,
     tolerance_secs: i64,
-) -> Result<(), VerifyError> {
+) -> Result<i64, VerifyError> {
     let timestamp: i64 = timestamp_header
         .trim()
         .parse()
@@ -234,6 +296,21 @@ pub fn verify_standard(
             tolerance_secs,
         });
     }
+    Ok(timestamp)
+}
+
+/// Verifies a Standard Webhooks request as a receiver would: the timestamp must be within
+/// `tolerance_secs` of `now` (unix seconds) and one `v1,` signature must match.
+pub fn verify_standard(
+    secret: &Secret,
+    msg_id: &str,
+    timestamp_header: &str,
+    signature_header: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), VerifyError> {
+    let timestamp = check_timestamp(timestamp_header, now, tolerance_secs)?;
     let expected = standard_mac(&secret.key, msg_id, timestamp, body);
     let mut saw_v1 = false;
     let mut saw_malformed = false;

@@ -1,13 +1,14 @@
 //! Property-based fuzzing of the signer's parsers: `Secret::parse`, `verify_standard` (the
-//! `webhook-timestamp` and `webhook-signature` headers) and `verify_seed` (`X-Webhook-Signature`).
+//! `webhook-timestamp` and `webhook-signature` headers), `verify_seed` (`X-Webhook-Signature`),
+//! and the Ed25519 `v1a` keys and verification.
 //!
 //! Cases per property are bounded for a quick debug run; `PROPTEST_CASES=N` runs N per property.
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use hookrelay_signer::{
-    Secret, SecretError, SignatureHeaders, VerifyError, sign_seed_with_key, verify_seed,
-    verify_standard,
+    Ed25519Key, PublicKey, Secret, SecretError, SignatureHeaders, VerifyError, sign_seed_with_key,
+    verify_seed, verify_standard, verify_v1a,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -325,11 +326,11 @@ proptest! {
             );
         }
         let newest = secrets[0].as_str().as_bytes();
-        prop_assert_eq!(verify_seed(newest, &headers.seed_signature, &body), Ok(()));
+        prop_assert_eq!(verify_seed(newest, headers.seed_signature.as_deref().unwrap(), &body), Ok(()));
         for older in &secrets[1..] {
             if older != &secrets[0] {
                 prop_assert_eq!(
-                    verify_seed(older.as_str().as_bytes(), &headers.seed_signature, &body),
+                    verify_seed(older.as_str().as_bytes(), headers.seed_signature.as_deref().unwrap(), &body),
                     Err(VerifyError::Mismatch)
                 );
             }
@@ -524,4 +525,41 @@ fn inputs_found_by_fuzzing() {
         verify_standard(&secret, "msg", "0", &format!("! {sig}"), b"", 0, 0),
         Ok(())
     );
+}
+
+proptest! {
+    // Ed25519 signing is ~1000× an HMAC: fewer cases keep the debug run quick.
+    #![proptest_config(cases(200))]
+
+    #[test]
+    fn v1a_round_trips_and_any_flipped_body_byte_breaks_it(
+        seed in any::<[u8; 32]>(),
+        id in msg_id(),
+        ts in unix_time(),
+        body in prop::collection::vec(any::<u8>(), 1..2048),
+        flip in any::<Index>(),
+        bit in 0u8..8,
+    ) {
+        let key = Ed25519Key::from_seed(&seed);
+        let public = PublicKey::parse(&key.public_key().to_string()).unwrap();
+        let sig = key.sign_v1a(&id, ts, &body);
+        prop_assert!(sig.starts_with("v1a,"));
+        prop_assert_eq!(verify_v1a(&public, &id, &ts.to_string(), &sig, &body, ts, 0), Ok(()));
+        let mut tampered = body.clone();
+        tampered[flip.index(body.len())] ^= 1 << bit;
+        prop_assert_eq!(
+            verify_v1a(&public, &id, &ts.to_string(), &sig, &tampered, ts, 0),
+            Err(VerifyError::Mismatch)
+        );
+        // The stored form parses back to the same key.
+        prop_assert_eq!(Ed25519Key::parse(&key.to_private_text()).unwrap(), key);
+    }
+
+    #[test]
+    fn v1a_parsers_never_panic(text in any::<String>(), header in any::<String>()) {
+        let _ = Ed25519Key::parse(&text);
+        let _ = PublicKey::parse(&text);
+        let public = Ed25519Key::from_seed(&[7; 32]).public_key();
+        prop_assert!(verify_v1a(&public, "msg", "0", &header, b"", 0, 0).is_err());
+    }
 }

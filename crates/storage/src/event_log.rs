@@ -17,6 +17,7 @@ pub struct Event {
     pub id: Uuid,
     pub event: String,
     pub data: Json<Value>,
+    pub ordering_key: Option<String>,
     pub source_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }
@@ -88,7 +89,7 @@ pub async fn list_events(
     page: &PageRequest,
 ) -> crate::Result<Page<Event>> {
     let mut q = QueryBuilder::new(
-        "SELECT id, event, data, source_id, created_at FROM events WHERE org_id = ",
+        "SELECT id, event, data, ordering_key, source_id, created_at FROM events WHERE org_id = ",
     );
     q.push_bind(org_id);
     if let Some(event) = &filter.event {
@@ -101,7 +102,7 @@ pub async fn list_events(
 
 pub async fn get_event(db: impl PgExecutor<'_>, org_id: Uuid, id: Uuid) -> crate::Result<Event> {
     Ok(sqlx::query_as(
-        "SELECT id, event, data, source_id, created_at FROM events WHERE org_id = $1 AND id = $2",
+        "SELECT id, event, data, ordering_key, source_id, created_at FROM events WHERE org_id = $1 AND id = $2",
     )
     .bind(org_id)
     .bind(id)

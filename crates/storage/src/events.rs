@@ -6,6 +6,8 @@
 //! the batcher.
 //! Each delivery's payload is exactly the body its receiver gets (envelope or Hubble format), so
 //! every retry resends the same bytes. Idempotency keys answer a repeat with the first answer.
+//! Each event's ordering key (given, or its default, [`default_ordering_key`]) is stored on the
+//! event and copied onto its deliveries in the same statement.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -28,10 +30,45 @@ pub struct NewEvent {
     pub event: String,
     pub data: Value,
     pub idempotency_key: Option<String>,
+    /// The publisher's ordering key; `None` takes the default ([`default_ordering_key`]).
+    pub ordering_key: Option<String>,
     pub source_id: Option<Uuid>,
 }
 
-/// What a publish answers for one event.
+/// The longest ordering key, in characters (as the column's CHECK counts them).
+pub const MAX_ORDERING_KEY_CHARS: usize = 255;
+
+/// Why an ordering key is refused, or `None` when it is valid: 1 to 255 characters, no NUL
+/// (PostgreSQL's text cannot hold it).
+pub fn ordering_key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() || key.chars().count() > MAX_ORDERING_KEY_CHARS {
+        Some("1 to 255 characters")
+    } else if key.contains('\0') {
+        Some("must not contain NUL")
+    } else {
+        None
+    }
+}
+
+/// The ordering key of an event published without one: `device.id` of a `hubble.packet`,
+/// `device_id` of a `device.*` event's data, else none (unordered). A string is taken as it is,
+/// an integer as its decimal text (device ids are sometimes numbers); anything else, or a value
+/// that is not a valid key, gives none rather than refusing the event.
+pub fn default_ordering_key(event: &str, data: &Value) -> Option<String> {
+    let value = if event == "hubble.packet" {
+        data.get("device")?.get("id")?
+    } else if event.starts_with("device.") {
+        data.get("device_id")?
+    } else {
+        return None;
+    };
+    let key = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        _ => return None,
+    };
+    ordering_key_problem(&key).is_none().then_some(key)
+}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Published {
     pub id: Uuid,
@@ -101,6 +138,11 @@ fn request_hash(event: &NewEvent) -> Vec<u8> {
     hasher.update(event.event.as_bytes());
     hasher.update([0]);
     hasher.update(event.data.to_string().as_bytes());
+    // Only when given, so keys stored before ordering keys existed still match their repeats.
+    if let Some(key) = &event.ordering_key {
+        hasher.update([0]);
+        hasher.update(key.as_bytes());
+    }
     hasher.finalize().to_vec()
 }
 
@@ -108,6 +150,8 @@ fn request_hash(event: &NewEvent) -> Vec<u8> {
 pub enum PublishError {
     #[error("the idempotency key {0:?} was used for a different request in the last 24 h")]
     IdempotencyMismatch(String),
+    #[error("ordering_key: {0}")]
+    InvalidOrderingKey(&'static str),
     #[error(transparent)]
     Storage(#[from] crate::StorageError),
 }
@@ -237,8 +281,8 @@ async fn publish_cow(
     };
 
     let now = Utc::now();
-    let (mut ev_ids, mut ev_names, mut ev_data, mut ev_keys, mut ev_sources) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut ev_ids, mut ev_names, mut ev_data, mut ev_keys, mut ev_sources, mut ev_order) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut deliveries = DeliveryRows::default();
     let mut batched = BatchRows::default();
     let mut handed = Vec::new();
@@ -248,6 +292,12 @@ async fn publish_cow(
         ev_names.push(event.event.clone());
         ev_keys.push(event.idempotency_key.clone());
         ev_sources.push(event.source_id);
+        ev_order.push(
+            event
+                .ordering_key
+                .clone()
+                .or_else(|| default_ordering_key(&event.event, &event.data)),
+        );
         let mut count = 0;
         let mut handed_off = 0;
         for route in &routes {
@@ -304,7 +354,14 @@ async fn publish_cow(
         org_id,
         max_attempts,
         now,
-        (&ev_ids, &ev_names, ev_data, &ev_keys, &ev_sources),
+        (
+            &ev_ids,
+            &ev_names,
+            ev_data,
+            &ev_keys,
+            &ev_sources,
+            &ev_order,
+        ),
         &deliveries,
         &batched,
         lease,
@@ -344,6 +401,7 @@ type EventColumns<'a> = (
     Vec<Json<Value>>,
     &'a [Option<String>],
     &'a [Option<Uuid>],
+    &'a [Option<String>],
 );
 
 /// One (event, webhook) delivery per index.
@@ -401,7 +459,7 @@ async fn insert_all(
     org_id: Uuid,
     max_attempts: i32,
     now: DateTime<Utc>,
-    (ev_ids, ev_names, ev_data, ev_keys, ev_sources): EventColumns<'_>,
+    (ev_ids, ev_names, ev_data, ev_keys, ev_sources, ev_order): EventColumns<'_>,
     deliveries: &DeliveryRows,
     batched: &BatchRows,
     lease: Option<(&str, std::time::Duration)>,
@@ -409,12 +467,13 @@ async fn insert_all(
     let (claimer, lease) = lease.unwrap_or(("", std::time::Duration::ZERO));
     sqlx::query(
         "WITH ev AS (
-             INSERT INTO events (id, org_id, event, data, idempotency_key, source_id, created_at)
-             SELECT id, $1, event, data, key, source, $7
-               FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::uuid[]) AS t(id, event, data, key, source)
-             RETURNING id, event, data),
+             INSERT INTO events (id, org_id, event, data, idempotency_key, source_id, ordering_key, created_at)
+             SELECT id, $1, event, data, key, source, ordering, $7
+               FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::uuid[], $18::text[])
+                    AS t(id, event, data, key, source, ordering)
+             RETURNING id, event, data, ordering_key),
          dl AS (
-             INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, event_id, payload, status, created_at)
+             INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, event_id, payload, status, ordering_key, created_at)
              SELECT t.id, $1, t.webhook, ev.event, ev.id,
                     CASE t.format
                         WHEN 'hubble' THEN jsonb_build_object('packets', jsonb_build_array(
@@ -422,7 +481,7 @@ async fn insert_all(
                         ELSE jsonb_build_object('id', ev.id, 'event', ev.event, 'timestamp', $8::text,
                                                 'data', ev.data, 'webhook_id', t.webhook)
                     END,
-                    'pending', $7
+                    'pending', ev.ordering_key, $7
                FROM unnest($9::uuid[], $10::uuid[], $11::uuid[], $14::text[]) AS t(id, webhook, event_id, format)
                JOIN ev ON ev.id = t.event_id
              RETURNING id),
@@ -431,8 +490,8 @@ async fn insert_all(
                                         attempt, lease_expires_at, claimed_by)
              SELECT id, $1, webhook, state, $13, $7, $7,
                     CASE WHEN state = 'running' THEN 1 ELSE 0 END,
-                    CASE WHEN state = 'running' THEN $7 + make_interval(secs => $18) END,
-                    CASE WHEN state = 'running' THEN $19 END
+                    CASE WHEN state = 'running' THEN $7 + make_interval(secs => $19) END,
+                    CASE WHEN state = 'running' THEN $20 END
                FROM unnest($9::uuid[], $10::uuid[], $12::text[]) AS t(id, webhook, state)
              RETURNING state),
          bi AS (
@@ -459,6 +518,7 @@ async fn insert_all(
     .bind(&batched.webhooks)
     .bind(&batched.events)
     .bind(&batched.event_ids)
+    .bind(ev_order)
     .bind(lease.as_secs_f64())
     .bind(claimer)
     .execute(&mut *conn)
@@ -581,6 +641,8 @@ pub async fn schemas_for(
 /// The in-process publisher for internal Rust services, seed 003's
 /// `trigger_event(org_id, event, data)`: stores the event and fans it out in one transaction,
 /// committed before it returns. The caller validates the event name and data as the API does.
+/// Its ordering key is the default one ([`default_ordering_key`]); [`trigger_event_with_key`]
+/// names one.
 ///
 /// ```no_run
 /// # async fn example(pool: sqlx::PgPool, org_id: uuid::Uuid) -> Result<(), Box<dyn std::error::Error>> {
@@ -602,6 +664,36 @@ pub async fn trigger_event(
     data: Value,
     max_attempts: i32,
 ) -> Result<Published, PublishError> {
+    trigger_event_with_key(pool, org_id, event, data, None, max_attempts).await
+}
+
+/// [`trigger_event`] with an ordering key (1–255 characters, no NUL; an invalid one is
+/// [`PublishError::InvalidOrderingKey`] and nothing is stored). `None` takes the default.
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool, org_id: uuid::Uuid) -> Result<(), Box<dyn std::error::Error>> {
+/// hookrelay_storage::events::trigger_event_with_key(
+///     &pool,
+///     org_id,
+///     "subscription.updated",
+///     serde_json::json!({"subscription_id": "sub_9", "plan": "pro"}),
+///     Some("sub_9"),
+///     6,
+/// )
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn trigger_event_with_key(
+    pool: &sqlx::PgPool,
+    org_id: Uuid,
+    event: &str,
+    data: Value,
+    ordering_key: Option<&str>,
+    max_attempts: i32,
+) -> Result<Published, PublishError> {
+    if let Some(problem) = ordering_key.and_then(ordering_key_problem) {
+        return Err(PublishError::InvalidOrderingKey(problem));
+    }
     let mut conn = pool.acquire().await?;
     let mut published = publish(
         &mut conn,
@@ -610,6 +702,7 @@ pub async fn trigger_event(
             event: event.to_owned(),
             data,
             idempotency_key: None,
+            ordering_key: ordering_key.map(str::to_owned),
             source_id: None,
         }],
         max_attempts,
@@ -617,4 +710,65 @@ pub async fn trigger_event(
     .await?;
     wake_workers(&mut *conn).await?;
     Ok(published.remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ordering_keys_come_from_the_device() {
+        let key = |event: &str, data: Value| default_ordering_key(event, &data);
+        assert_eq!(
+            key("hubble.packet", json!({"device": {"id": "hb-1"}})),
+            Some("hb-1".into())
+        );
+        assert_eq!(
+            key("device.online", json!({"device_id": "d-1"})),
+            Some("d-1".into())
+        );
+        assert_eq!(
+            key("device.alert", json!({"device_id": 42})),
+            Some("42".into())
+        );
+        // Not a key: other types, floats, objects, empty or over-long strings.
+        assert_eq!(key("device.alert", json!({"device_id": 4.2})), None);
+        assert_eq!(key("device.alert", json!({"device_id": {"a": 1}})), None);
+        assert_eq!(key("device.alert", json!({"device_id": ""})), None);
+        assert_eq!(
+            key("device.alert", json!({"device_id": "x".repeat(256)})),
+            None
+        );
+        assert_eq!(key("hubble.packet", json!({"device_id": "d-1"})), None);
+        assert_eq!(key("alert.triggered", json!({"device_id": "d-1"})), None);
+        assert_eq!(key("user.created", json!({"device": {"id": "x"}})), None);
+    }
+
+    #[test]
+    fn ordering_keys_are_counted_in_characters() {
+        assert_eq!(ordering_key_problem(""), Some("1 to 255 characters"));
+        assert_eq!(ordering_key_problem(&"é".repeat(255)), None);
+        assert_eq!(
+            ordering_key_problem(&"é".repeat(256)),
+            Some("1 to 255 characters")
+        );
+        assert_eq!(ordering_key_problem("a\0b"), Some("must not contain NUL"));
+    }
+
+    #[test]
+    fn an_ordering_key_is_part_of_an_idempotent_request_only_when_given() {
+        let mut event = NewEvent {
+            event: "user.created".into(),
+            data: json!({}),
+            idempotency_key: Some("k".into()),
+            ordering_key: None,
+            source_id: None,
+        };
+        let without = request_hash(&event);
+        event.ordering_key = Some("a".into());
+        let with_a = request_hash(&event);
+        event.ordering_key = Some("b".into());
+        assert_ne!(without, with_a);
+        assert_ne!(with_a, request_hash(&event));
+    }
 }

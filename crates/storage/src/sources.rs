@@ -351,6 +351,8 @@ pub async fn record_packets<'p>(
                     event: event.to_owned(),
                     data: p.data,
                     idempotency_key: None,
+                    // The default: each packet's `device.id`.
+                    ordering_key: None,
                     source_id: Some(source_id),
                 },
                 id,

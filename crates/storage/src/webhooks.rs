@@ -1,6 +1,7 @@
 //! The `webhooks` table: an organization's endpoints, their subscriptions, delivery options and
 //! health. Secrets are sealed with [`SecretBox`] bound to the webhook's id; the previous secret
-//! keeps signing during a rotation's grace period. Header values and URL userinfo are sealed too
+//! keeps signing during a rotation's grace period. An `ed25519` webhook's "secret" is its Ed25519
+//! private key (`whsk_…`), sealed and rotated the same way; its public key is kept in the clear. Header values and URL userinfo are sealed too
 //! ([`crate::credentials`]): the `url` and `headers` columns hold them masked. Deleting a webhook
 //! hides it (history stays) and cancels its undelivered deliveries.
 
@@ -34,6 +35,10 @@ pub struct Webhook {
     pub consecutive_failures: i32,
     pub disabled_reason: Option<String>,
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// `hmac-sha256` or `ed25519`; fixed at creation.
+    pub signature_scheme: String,
+    /// `whpk_…` of the current key pair, for `ed25519` webhooks.
+    pub public_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -51,7 +56,7 @@ macro_rules! columns {
     () => {
         "id, org_id, url, events, description, active, metadata, headers, filter, max_batch_size,
          payload_format, rate_limit_per_second, health_status, consecutive_failures, disabled_reason,
-         previous_secret_expires_at, created_at, updated_at"
+         previous_secret_expires_at, signature_scheme, public_key, created_at, updated_at"
     };
 }
 
@@ -62,7 +67,11 @@ pub struct NewWebhook {
     pub events: Vec<String>,
     pub description: Option<String>,
     pub active: bool,
+    /// `whsec_…` for `hmac-sha256`, the private key `whsk_…` for `ed25519`.
     pub secret: String,
+    pub signature_scheme: String,
+    /// `whpk_…` of `secret`, for `ed25519`.
+    pub public_key: Option<String>,
     pub metadata: Value,
     pub headers: Value,
     pub filter: Option<Value>,
@@ -89,8 +98,8 @@ pub async fn create(
     Ok(sqlx::query_as(concat!(
         "INSERT INTO webhooks (id, org_id, url, events, description, active, secret, metadata, headers,
                                filter, max_batch_size, payload_format, rate_limit_per_second,
-                               sealed_url, sealed_headers)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING ",
+                               sealed_url, sealed_headers, signature_scheme, public_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING ",
         columns!()
     ))
     .bind(id)
@@ -108,6 +117,8 @@ pub async fn create(
     .bind(new.rate_limit_per_second)
     .bind(sealed_url)
     .bind(sealed_headers)
+    .bind(&new.signature_scheme)
+    .bind(new.public_key.as_deref())
     .fetch_one(db)
     .await?)
 }
@@ -354,25 +365,31 @@ pub async fn secrets(
     })
 }
 
-/// Replaces the secret; the old one keeps signing until `grace_until`.
+/// Replaces the secret (an `ed25519` webhook's: its key pair, with `public_key` the new pair's
+/// public half); the old one keeps signing until `grace_until`. A key of the other scheme than
+/// the webhook's is refused (`NotFound`): the scheme is fixed at creation.
 pub async fn rotate_secret(
     db: impl PgExecutor<'_>,
     secrets: &SecretBox,
     org_id: Uuid,
     id: Uuid,
     new_secret: &str,
+    public_key: Option<&str>,
     grace_until: DateTime<Utc>,
 ) -> crate::Result<Webhook> {
     let sealed = secrets.seal(&secret_context(id), new_secret)?;
     Ok(sqlx::query_as(concat!(
-        "UPDATE webhooks SET previous_secret = secret, previous_secret_expires_at = $4, secret = $3
-          WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL RETURNING ",
+        "UPDATE webhooks SET previous_secret = secret, previous_secret_expires_at = $4, secret = $3,
+                             public_key = $5
+          WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL
+            AND (signature_scheme = 'ed25519') = ($5::text IS NOT NULL) RETURNING ",
         columns!()
     ))
     .bind(org_id)
     .bind(id)
     .bind(sealed)
     .bind(grace_until)
+    .bind(public_key)
     .fetch_one(db)
     .await?)
 }

@@ -39,8 +39,8 @@ pub struct EventOut {
     pub event: String,
     #[schema(value_type = Object)]
     pub data: Value,
-    /// Reserved for per-key ordering; always null for now.
-    #[schema(value_type = Option<String>)]
+    /// The event's ordering key: the one published, else `device.id` of a `hubble.packet`, else
+    /// `data.device_id` of a `device.*` event; null when it has none (unordered).
     pub ordering_key: Option<String>,
     /// The source it was ingested from; null when published through the API.
     pub source_id: Option<Uuid>,
@@ -66,7 +66,7 @@ impl From<event_log::Event> for EventOut {
             id: e.id,
             event: e.event,
             data: e.data.0,
-            ordering_key: None,
+            ordering_key: e.ordering_key,
             source_id: e.source_id,
             created_at: e.created_at,
             deliveries: None,

@@ -27,6 +27,8 @@ pub struct PublishEvent {
     pub data: Value,
     #[schema(schema_with = crate::schema::idempotency_key_opt)]
     pub idempotency_key: Option<String>,
+    #[schema(schema_with = crate::schema::ordering_key_opt)]
+    pub ordering_key: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -147,6 +149,13 @@ pub(crate) async fn validate_events(
                 ));
             }
         }
+        if let Some(problem) = e
+            .ordering_key
+            .as_deref()
+            .and_then(events::ordering_key_problem)
+        {
+            errors.push(FieldError::new(format!("{at}ordering_key"), problem));
+        }
         if let Some(validator) = validators.get(e.event.as_str()) {
             for err in validator.iter_errors(&e.data).take(10) {
                 schema_errors.push(FieldError::new(
@@ -242,6 +251,7 @@ pub async fn publish(
         event: event.event,
         data: event.data,
         idempotency_key: event.idempotency_key,
+        ordering_key: event.ordering_key,
         source_id: None,
     };
     let mut published = store(&state, caller.org_id(), vec![new]).await?;
@@ -277,6 +287,7 @@ pub async fn publish_batch(
             event: e.event,
             data: e.data,
             idempotency_key: e.idempotency_key,
+            ordering_key: e.ordering_key,
             source_id: None,
         })
         .collect();

@@ -314,6 +314,7 @@ pub async fn signed_push(
         event: event.clone(),
         data,
         idempotency_key: None,
+        ordering_key: None,
     };
     validate_events(
         &state,
@@ -330,6 +331,7 @@ pub async fn signed_push(
             event,
             data: candidate.data,
             idempotency_key: None,
+            ordering_key: None,
             source_id: Some(target.source.id),
         }],
         state.max_attempts,

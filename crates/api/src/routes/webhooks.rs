@@ -37,6 +37,55 @@ impl PayloadFormat {
     }
 }
 
+/// How deliveries are signed (Standard Webhooks). Fixed when the webhook is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum SignatureScheme {
+    /// A shared secret (`whsec_…`): `webhook-signature: v1,<HMAC-SHA256>` and
+    /// `X-Webhook-Signature: sha256=<hex>`.
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    /// An Ed25519 key pair: `webhook-signature: v1a,<Ed25519 signature>`, verified with
+    /// `public_key`; no shared secret, so no `X-Webhook-Signature`.
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+impl SignatureScheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::HmacSha256 => "hmac-sha256",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// A new signing key of `scheme`: the text to store (sealed) and, for Ed25519, the public key.
+fn generate_key(scheme: SignatureScheme) -> ApiResult<(String, Option<String>)> {
+    let internal = |e: hookrelay_signer::SecretError| ApiError::Internal(Box::new(e));
+    Ok(match scheme {
+        SignatureScheme::HmacSha256 => (
+            hookrelay_signer::Secret::generate()
+                .map_err(internal)?
+                .as_str()
+                .to_owned(),
+            None,
+        ),
+        SignatureScheme::Ed25519 => {
+            let key = hookrelay_signer::Ed25519Key::generate().map_err(internal)?;
+            (key.to_private_text(), Some(key.public_key().to_string()))
+        }
+    })
+}
+
+/// A `secret` given for an Ed25519 webhook: it has no shared secret (and its private key is
+/// never accepted from outside nor shown).
+fn no_secret_for_ed25519() -> FieldError {
+    FieldError::new(
+        "secret",
+        "an ed25519 webhook has no shared secret: leave it out (its key pair is generated)",
+    )
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
@@ -63,9 +112,14 @@ pub struct WebhookOut {
     pub events: Vec<String>,
     pub description: Option<String>,
     pub active: bool,
-    /// Only in the answer to create.
+    /// Only in the answer to create, and only for `hmac-sha256` webhooks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    #[schema(value_type = SignatureScheme)]
+    pub signature_scheme: String,
+    /// `whpk_<base64 of 32 bytes>`: the Ed25519 public key that verifies `v1a` signatures; null
+    /// for `hmac-sha256` webhooks.
+    pub public_key: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: Value,
     /// Header names with their values masked as `••••`: values are write-only.
@@ -94,6 +148,8 @@ impl From<webhooks::Webhook> for WebhookOut {
             description: w.description,
             active: w.active,
             secret: None,
+            signature_scheme: w.signature_scheme,
+            public_key: w.public_key,
             metadata: w.metadata.0,
             headers: serde_json::from_value(credentials::mask_headers(&w.headers.0))
                 .unwrap_or_default(),
@@ -123,6 +179,8 @@ pub struct CreateWebhook {
     pub active: Option<bool>,
     #[schema(schema_with = crate::schema::webhook_secret_opt)]
     pub secret: Option<String>,
+    /// `hmac-sha256` (default) or `ed25519`; cannot be changed later.
+    pub signature_scheme: Option<SignatureScheme>,
     #[schema(schema_with = crate::schema::metadata_opt)]
     pub metadata: Option<Map<String, Value>>,
     #[schema(schema_with = crate::schema::headers_create)]
@@ -140,14 +198,15 @@ pub struct CreateWebhook {
     pub rate_limit_per_second: Option<i32>,
 }
 
-/// Creates a webhook. The answer carries its secret. An organization has at most
+/// Creates a webhook. The answer carries its secret (an `ed25519` webhook's: its `public_key`,
+/// and no secret). An organization has at most
 /// `HOOKRELAY_MAX_WEBHOOKS_PER_ORG` webhooks (default 1,000): past it, 409 `limit-reached`.
 #[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:write"])), request_body = CreateWebhook,
     responses((status = 201, body = WebhookOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
               (status = 409, body = crate::problem::Problem, description = "the organization has HOOKRELAY_MAX_WEBHOOKS_PER_ORG webhooks already"),
               (status = 413, body = crate::problem::Problem),
-              (status = 422, body = crate::problem::Problem, description = "a masked credential (`****` in the URL, `••••` as a header value) stands for one that is not stored")))]
+              (status = 422, body = crate::problem::Problem, description = "a masked credential (`****` in the URL, `••••` as a header value) stands for one that is not stored, or a `secret` is given for an `ed25519` webhook")))]
 #[post("/webhooks")]
 pub async fn create(
     caller: Caller,
@@ -171,14 +230,15 @@ pub async fn create(
         .map(validate::description)
         .transpose();
     let description = collect(description, &mut errors).flatten();
-    let secret = match body.secret.as_deref() {
-        Some(s) => collect(validate::secret(s), &mut errors),
-        None => Some(
-            hookrelay_signer::Secret::generate()
-                .map_err(|e| ApiError::Internal(Box::new(e)))?
-                .as_str()
-                .to_owned(),
-        ),
+    let scheme = body.signature_scheme.unwrap_or(SignatureScheme::HmacSha256);
+    let (secret, public_key) = match (body.secret.as_deref(), scheme) {
+        // Well formed but contradictory: answered with 422 once the rest is known valid.
+        (Some(_), SignatureScheme::Ed25519) => (None, None),
+        (Some(s), SignatureScheme::HmacSha256) => (collect(validate::secret(s), &mut errors), None),
+        (None, scheme) => {
+            let (secret, public_key) = generate_key(scheme)?;
+            (Some(secret), public_key)
+        }
     };
     let metadata = collect(
         validate::metadata(&body.metadata.unwrap_or_default()),
@@ -209,6 +269,14 @@ pub async fn create(
             errors: unprocessable,
         });
     }
+    if secret.is_none() {
+        return Err(ApiError::Unprocessable {
+            detail:
+                "an ed25519 webhook signs with a key pair hookrelay generates; it takes no secret"
+                    .into(),
+            errors: vec![no_secret_for_ed25519()],
+        });
+    }
     let (
         Some(url),
         Some(events),
@@ -226,6 +294,8 @@ pub async fn create(
         description,
         active: body.active.unwrap_or(true),
         secret: secret.clone(),
+        signature_scheme: scheme.as_str().to_owned(),
+        public_key,
         metadata,
         headers,
         filter,
@@ -248,7 +318,8 @@ pub async fn create(
     let webhook = webhooks::create(&mut *tx, &state.secrets, caller.org_id(), &new).await?;
     tx.commit().await.map_err(StorageError::from)?;
     let mut out = WebhookOut::from(webhook);
-    out.secret = Some(secret);
+    // An Ed25519 private key is never shown: its public key is in the answer instead.
+    out.secret = (scheme == SignatureScheme::HmacSha256).then_some(secret);
     Ok(HttpResponse::Created().json(out))
 }
 
@@ -340,6 +411,9 @@ pub struct UpdateWebhook {
     #[serde(default, deserialize_with = "nullable_integer")]
     #[schema(value_type = Option<i32>, minimum = 1, maximum = 10000)]
     pub rate_limit_per_second: Option<Option<i32>>,
+    /// Fixed at creation: the webhook's own scheme is accepted (no change), another is a 422
+    /// (create a new webhook to change schemes, so receivers switch knowingly).
+    pub signature_scheme: Option<SignatureScheme>,
 }
 
 /// Changes the fields given; `null` clears `description`, `filter` and `rate_limit_per_second`.
@@ -351,7 +425,7 @@ pub struct UpdateWebhook {
     responses((status = 200, body = WebhookOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
               (status = 404, body = crate::problem::Problem),
-              (status = 422, body = crate::problem::Problem, description = "a masked credential (`****` in the URL, `••••` as a header value) stands for one that is not stored, or the URL's stored password would go to another host")))]
+              (status = 422, body = crate::problem::Problem, description = "a masked credential (`****` in the URL, `••••` as a header value) stands for one that is not stored, or the URL's stored password would go to another host, or `signature_scheme` differs from the webhook's (fixed at creation)")))]
 #[patch("/webhooks/{id}")]
 pub async fn update(
     caller: Caller,
@@ -362,7 +436,7 @@ pub async fn update(
     caller.require("webhooks:write")?;
     let body = body.0;
     // 404 before 400: another tenant's id must not reveal anything through validation.
-    webhooks::get(&state.pool, caller.org_id(), *id)
+    let current = webhooks::get(&state.pool, caller.org_id(), *id)
         .await
         .map_err(not_found_as("webhook"))?;
     let mut errors = Vec::new();
@@ -430,6 +504,21 @@ pub async fn update(
             errors: unprocessable,
         });
     }
+    if let Some(scheme) = body.signature_scheme
+        && scheme.as_str() != current.signature_scheme
+    {
+        return Err(ApiError::Unprocessable {
+            detail: format!(
+                "signature_scheme is fixed when a webhook is created (this one's is {}): create a \
+                 new webhook with the other scheme and move receivers to it",
+                current.signature_scheme
+            ),
+            errors: vec![FieldError::new(
+                "signature_scheme",
+                format!("cannot change from {}", current.signature_scheme),
+            )],
+        });
+    }
     let changes = webhooks::WebhookChanges {
         url,
         events,
@@ -471,12 +560,18 @@ pub async fn remove(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SecretOut {
-    pub secret: String,
-    /// Until when the previous secret also signs deliveries, after a rotation.
+    /// The shared secret of an `hmac-sha256` webhook; null for `ed25519` (it has none).
+    pub secret: Option<String>,
+    /// `whpk_<base64 of 32 bytes>` of an `ed25519` webhook's current key pair; null for
+    /// `hmac-sha256`.
+    pub public_key: Option<String>,
+    #[schema(value_type = SignatureScheme)]
+    pub signature_scheme: String,
+    /// Until when the previous secret (or key pair) also signs deliveries, after a rotation.
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
 }
 
-/// The webhook's current signing secret.
+/// The webhook's current signing secret, or an `ed25519` webhook's public key.
 #[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:write"])), params(("id" = Uuid, Path)),
     responses((status = 200, body = SecretOut), (status = 401, body = crate::problem::Problem),
               (status = 403, body = crate::problem::Problem), (status = 404, body = crate::problem::Problem)))]
@@ -490,11 +585,19 @@ pub async fn get_secret(
     let webhook = webhooks::get(&state.pool, caller.org_id(), *id)
         .await
         .map_err(not_found_as("webhook"))?;
-    let secrets = webhooks::secrets(&state.pool, &state.secrets, caller.org_id(), *id)
-        .await
-        .map_err(not_found_as("webhook"))?;
+    // An Ed25519 private key is never opened here: the public key is all a receiver needs.
+    let secret = if webhook.public_key.is_none() {
+        let secrets = webhooks::secrets(&state.pool, &state.secrets, caller.org_id(), *id)
+            .await
+            .map_err(not_found_as("webhook"))?;
+        Some(secrets.current)
+    } else {
+        None
+    };
     Ok(web::Json(SecretOut {
-        secret: secrets.current,
+        secret,
+        public_key: webhook.public_key,
+        signature_scheme: webhook.signature_scheme,
         previous_secret_expires_at: webhook
             .previous_secret_expires_at
             .filter(|t| *t > Utc::now()),
@@ -516,12 +619,15 @@ pub struct RotateSecret {
 pub const DEFAULT_GRACE_SECONDS: i64 = 86_400;
 
 /// Replaces the secret. The old one keeps signing (a second `v1,` signature) for the grace period,
-/// so receivers can switch without missing a delivery. The body is optional.
+/// so receivers can switch without missing a delivery. The body is optional. An `ed25519`
+/// webhook gets a new key pair (the answer's `public_key`); both pairs sign (`v1a,`) during the
+/// grace period; `secret` cannot be given for it (422).
 #[utoipa::path(context_path = "/api/v1", tag = "webhooks", security(("api_key" = ["webhooks:write"])), params(("id" = Uuid, Path)),
     request_body(content = Option<RotateSecret>),
     responses((status = 200, body = SecretOut), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem),
-              (status = 404, body = crate::problem::Problem)))]
+              (status = 404, body = crate::problem::Problem),
+              (status = 422, body = crate::problem::Problem, description = "a `secret` is given for an `ed25519` webhook (rotation makes its new key pair)")))]
 #[post("/webhooks/{id}/rotate-secret")]
 pub async fn rotate_secret(
     caller: Caller,
@@ -546,32 +652,52 @@ pub async fn rotate_secret(
             "must be between 0 and 604800",
         ));
     }
-    let new_secret = match body.secret.as_deref() {
-        Some(s) => collect(validate::secret(s), &mut errors),
-        None => Some(
-            hookrelay_signer::Secret::generate()
-                .map_err(|e| ApiError::Internal(Box::new(e)))?
-                .as_str()
-                .to_owned(),
-        ),
+    // 404 before 422: another tenant's id must not reveal its scheme.
+    let webhook = webhooks::get(&state.pool, caller.org_id(), *id)
+        .await
+        .map_err(not_found_as("webhook"))?;
+    let scheme = if webhook.signature_scheme == SignatureScheme::Ed25519.as_str() {
+        SignatureScheme::Ed25519
+    } else {
+        SignatureScheme::HmacSha256
+    };
+    let (new_secret, public_key) = match (body.secret.as_deref(), scheme) {
+        (Some(s), SignatureScheme::HmacSha256) => (collect(validate::secret(s), &mut errors), None),
+        (Some(_), SignatureScheme::Ed25519) => {
+            if !errors.is_empty() {
+                return Err(ApiError::invalid(errors));
+            }
+            return Err(ApiError::Unprocessable {
+                detail: "an ed25519 webhook has no shared secret: rotating makes a new key pair"
+                    .into(),
+                errors: vec![no_secret_for_ed25519()],
+            });
+        }
+        (None, scheme) => {
+            let (secret, public_key) = generate_key(scheme)?;
+            (Some(secret), public_key)
+        }
     };
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
     let new_secret = new_secret.expect("no errors means a secret");
     let grace_until = Utc::now() + chrono::Duration::seconds(grace);
-    webhooks::rotate_secret(
+    let rotated = webhooks::rotate_secret(
         &state.pool,
         &state.secrets,
         caller.org_id(),
         *id,
         &new_secret,
+        public_key.as_deref(),
         grace_until,
     )
     .await
     .map_err(not_found_as("webhook"))?;
     Ok(web::Json(SecretOut {
-        secret: new_secret,
+        secret: (scheme == SignatureScheme::HmacSha256).then_some(new_secret),
+        public_key: rotated.public_key,
+        signature_scheme: rotated.signature_scheme,
         previous_secret_expires_at: Some(grace_until).filter(|_| grace > 0),
     }))
 }
