@@ -166,12 +166,19 @@ pub(crate) async fn run(
             }
         }
         if !full {
-            let wait = match jobs::next_due(&ctx.pool).await {
-                Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
-                _ => ctx.settings.poll_interval,
-            }
-            .min(ctx.settings.poll_interval);
-            if (wait.is_zero() && !claimed.is_empty()) || promote_at.is_due() {
+            // A claim that took some but fewer than it could found every webhook with due
+            // work at its cap, its rate limit or in another worker's hands: what frees room
+            // wakes us, so there is no need to ask when the next work falls due.
+            let wait = if claimed.is_empty() {
+                match jobs::next_due(&ctx.pool).await {
+                    Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                    _ => ctx.settings.poll_interval,
+                }
+                .min(ctx.settings.poll_interval)
+            } else {
+                Duration::ZERO
+            };
+            if promote_at.is_due() {
                 continue;
             }
             // Nothing claimable is waiting: deliveries published in this process may go
