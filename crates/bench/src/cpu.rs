@@ -5,12 +5,17 @@
 use serde_json::{Value, json};
 use std::time::Instant;
 
-/// (command name, CPU seconds) of one process, from /proc/<pid>/stat.
+/// (command name, CPU seconds) of one process and its reaped children, from /proc/<pid>/stat.
+/// The children count because PostgreSQL backends exit when a phase closes its pools: their
+/// time moves into the postmaster's `cutime`/`cstime`, and would otherwise vanish from the sum.
 fn cpu_of(stat: &str) -> Option<(&str, f64)> {
     let (head, rest) = stat.rsplit_once(") ")?;
     let comm = head.split_once(" (")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let mut ticks = 0.0;
+    for field in 11..=14 {
+        ticks += f.get(field)?.parse::<f64>().ok()?;
+    }
     Some((comm, ticks / 100.0))
 }
 
