@@ -255,15 +255,37 @@ async fn a_worker_killed_during_a_burst_loses_nothing_and_records_every_attempt(
         ("HOOKRELAY_LEASE", "3s"),
         ("HOOKRELAY_DELIVERY_TIMEOUT", "2s"),
     ];
+    // The victim starts first. A worker refills its own slots at an endpoint as its attempts
+    // end, so the one holding them keeps them: the survivor, started later, takes over only
+    // once the victim is gone, and the kill lands while the victim has attempts in flight.
     let mut victim = worker(&app, &settings);
-    let mut survivor = worker(&app, &settings);
+    let mut survivor = None;
 
     const EVENTS: usize = 1000;
     let mut ticker = tokio::time::interval(Duration::from_millis(3));
     let mut publishes = Vec::new();
     for i in 0..EVENTS {
         ticker.tick().await;
+        if i == EVENTS / 6 {
+            survivor = Some(worker(&app, &settings));
+        }
         if i == EVENTS / 3 {
+            let victim_jobs = format!("{}-%", victim.id().expect("victim running"));
+            let holding = eventually(Duration::from_secs(10), || async {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM delivery_jobs WHERE state = 'running' AND claimed_by LIKE $1",
+                )
+                .bind(&victim_jobs)
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap()
+                    > 0
+            })
+            .await;
+            assert!(
+                holding,
+                "the victim has deliveries in flight before the kill"
+            );
             victim.start_kill().unwrap();
             let _ = victim.wait().await;
         }
@@ -292,6 +314,7 @@ async fn a_worker_killed_during_a_burst_loses_nothing_and_records_every_attempt(
         delivery_statuses(pool).await.get("sent") == Some(&(EVENTS as i64))
     })
     .await;
+    let mut survivor = survivor.expect("started");
     for w in [&mut victim, &mut survivor] {
         w.start_kill().unwrap();
         let _ = w.wait().await;
