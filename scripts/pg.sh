@@ -115,6 +115,13 @@ if [ -n "${DATABASE_URL:-}" ]; then
 fi
 
 mkdir -p "$here/.data"
+# Callers at once (the fault tests run in parallel) must not both initialise or start one
+# cluster, or both take the same free port: one waits here until the other is done, then finds
+# the cluster running. The server does not inherit the lock (close_inherited_fds).
+if command -v flock >/dev/null 2>&1; then
+  exec 8>"$here/.data/.pg-$mode.lock"
+  flock 8
+fi
 if [ ! -f "$dir/PG_VERSION" ]; then
   log "initialising a private cluster in $dir"
   rm -rf "$dir"; mkdir -p "$dir"
