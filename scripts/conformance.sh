@@ -97,6 +97,11 @@ enabled = false
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 
+# A body over HOOKRELAY_MAX_BODY is refused with 413 before it is parsed, whatever else is wrong
+# with it (say a batch of more than 1,000 events, which at a kilobyte each is also over 1 MiB).
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+
 [auth.openapi.api_key]
 bearer = "\${CONFORMANCE_KEY}"
 
