@@ -220,18 +220,11 @@ impl SignatureHeaders {
     /// # Panics
     /// When `secrets` is empty: a delivery without a secret is a bug upstream, not a runtime case.
     pub fn sign(secrets: &[&Secret], msg_id: &str, timestamp: i64, body: &[u8]) -> Self {
-        let newest = secrets.first().expect("at least one signing secret");
-        let standard_signature = secrets
+        let keys: Vec<SigningKey> = secrets
             .iter()
-            .map(|s| s.sign_standard(msg_id, timestamp, body))
-            .collect::<Vec<_>>()
-            .join(" ");
-        Self {
-            id: msg_id.to_owned(),
-            timestamp: timestamp.to_string(),
-            standard_signature,
-            seed_signature: Some(newest.sign_seed(body)),
-        }
+            .map(|s| SigningKey::Hmac((*s).clone()))
+            .collect();
+        Self::sign_keys(&keys, msg_id, timestamp, body)
     }
 
     /// [`SignatureHeaders::sign`] for stored keys of either scheme: `v1` for HMAC secrets, `v1a`
