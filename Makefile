@@ -33,8 +33,9 @@ openapi: ## regenerate openapi/openapi.json from the code
 fmt: ## format the code
 	cargo fmt --all
 
-stop-db: ## stop the private PostgreSQL clusters under .data/
+stop-db: ## stop the private PostgreSQL clusters under .data/ (Citus's too)
 	@scripts/pg.sh stop
+	@scripts/citus.sh stop
 
 clean: stop-db ## stop the clusters and delete .data/ (all local data) and target/
 	rm -rf .data target

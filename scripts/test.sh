@@ -26,6 +26,18 @@ else
   echo "test.sh: chromedriver not found and not root: tests/ui.rs will be skipped" >&2
 fi
 
+# tests/citus.rs runs against a Citus coordinator with two workers (scripts/citus.sh: built from
+# CITUS_SOURCE when not installed). Without either, the suite is skipped with the line citus.sh
+# prints; once a cluster is there it must run: HOOKRELAY_CITUS_TEST=required.
+citus_status=0
+HOOKRELAY_CITUS_URL="$(scripts/citus.sh start)" || citus_status=$?
+case "$citus_status" in
+  0) export HOOKRELAY_CITUS_URL HOOKRELAY_CITUS_TEST=required
+     scripts/citus.sh drop-test-dbs ;;
+  3) unset HOOKRELAY_CITUS_URL ;;
+  *) echo "test.sh: could not provide a Citus cluster (see above)" >&2; exit 1 ;;
+esac
+
 # Process-level tests run the real binary.
 cargo build -p hookrelay --bin hookrelay
 cargo test --workspace "$@"

@@ -181,6 +181,32 @@ async fn keys_check_create_scope_expire_and_revoke() {
             .status(),
         404
     );
+    // To the API a revoked key is gone: not readable, not listed.
+    assert_eq!(
+        app.req(Method::GET, &format!("/api/v1/keys/{id}"), &org.token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let (_, listed) = status_json(
+        app.req(Method::GET, "/api/v1/keys", &org.token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let listed: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        !listed.is_empty() && !listed.contains(&id.as_str()),
+        "{listed:?}"
+    );
 
     // An expired key is refused.
     let (_, short) = status_json(

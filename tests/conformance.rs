@@ -24,16 +24,8 @@ async fn echoes(resp: reqwest::Response, sent: &str, what: &str) -> (u16, Value)
 }
 
 async fn create_source(app: &TestApp, org: &Org) -> Value {
-    let (status, source) = status_json(
-        app.req(Method::POST, "/api/v1/sources", &org.token)
-            .json(&json!({"kind": "hubble", "name": "packets"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201, "{source}");
-    source
+    app.create_source(org, json!({"kind": "hubble", "name": "packets"}))
+        .await
 }
 
 #[tokio::test]

@@ -1,42 +1,15 @@
 //! Nothing lost: real `hookrelay worker` processes, killed with SIGKILL mid-delivery and
 //! restarted, or running side by side, against one database and real receivers.
 
-use hookrelay::Roles;
 use hookrelay_tests::receiver::{Receiver, Reply};
 use hookrelay_tests::{
-    TestApp, assert_every_request_recorded, delivery_statuses, eventually, hookrelay_bin, test_env,
+    api_only, assert_every_request_recorded, delivery_statuses, eventually,
+    spawn_hookrelay as process, spawn_worker as worker,
 };
 use reqwest::Method;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::process::{Child, Command};
-
-fn worker(app: &TestApp, env: &[(&str, &str)]) -> Child {
-    process(app, "worker", env)
-}
-
-/// `hookrelay <command>` on the app's database, with its encryption key.
-fn process(app: &TestApp, command: &str, env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(hookrelay_bin());
-    cmd.arg(command)
-        .envs(test_env(&app.db))
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
-    // The same encryption key as the API that stored the secrets.
-    cmd.env("HOOKRELAY_ENCRYPTION_KEY", app.encryption_key());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("start hookrelay")
-}
-
-/// An API-only service, so deliveries are made only by the worker processes under test.
-async fn api_only() -> TestApp {
-    let db = hookrelay_tests::TestDb::new().await;
-    let env = test_env(&db);
-    TestApp::spawn_on(db, env, Roles::API).await
-}
 
 #[tokio::test]
 async fn a_worker_killed_mid_delivery_loses_nothing() {
@@ -239,6 +212,130 @@ async fn two_workers_drain_1000_deliveries_without_duplicates() {
         .await
         .unwrap();
     assert_eq!(attempts, 1000);
+    app.stop().await;
+}
+
+/// Two workers refill one endpoint's room as attempts end (the refill path, `jobs::refill`,
+/// beside the general claim): together they never pass its cap, and send each delivery once.
+#[tokio::test]
+async fn two_workers_refilling_one_endpoint_stay_within_its_cap() {
+    let app = api_only().await;
+    let org = app.create_org("acme").await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::slow(Duration::from_millis(15)));
+    app.create_webhook(&org, json!({"url": rx.url, "events": ["*"]}))
+        .await;
+    let batch: Vec<_> = (0..400)
+        .map(|i| json!({"event": "user.created", "data": {"i": i}}))
+        .collect();
+    let resp = app
+        .req(Method::POST, "/api/v1/events/batch", &org.token)
+        .json(&json!({"events": batch}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let cap = [("HOOKRELAY_ENDPOINT_CONCURRENCY", "4")];
+    let mut a = worker(&app, &cap);
+    let mut b = worker(&app, &cap);
+    let done = eventually(Duration::from_secs(60), || async {
+        delivery_statuses(&app.db.pool).await.get("sent") == Some(&400)
+    })
+    .await;
+    for w in [&mut a, &mut b] {
+        w.start_kill().unwrap();
+        let _ = w.wait().await;
+    }
+    assert!(done, "{:?}", delivery_statuses(&app.db.pool).await);
+    let hits = rx.hits();
+    let unique: std::collections::HashSet<&str> =
+        hits.iter().map(|h| h.header("webhook-id")).collect();
+    assert_eq!((hits.len(), unique.len()), (400, 400), "each sent once");
+    // Reaching the cap shows the endpoint was kept full; passing it would break the contract.
+    assert_eq!(rx.most_in_flight(), 4, "requests in flight at once");
+    app.stop().await;
+}
+
+/// The race behind the cap: a claim statement takes a webhook's advisory lock midway, with a
+/// snapshot from before the previous holder's commit, and counts too few jobs in flight. The
+/// trim that follows it in the claim's transaction reads afresh and gives the excess back.
+#[tokio::test]
+async fn a_claim_that_raced_past_the_cap_gives_the_excess_back() {
+    let app = api_only().await;
+    let org = app.create_org("acme").await;
+    let hook = app
+        .create_webhook(&org, json!({"url": "http://127.0.0.1:9/", "events": ["*"]}))
+        .await;
+    let batch: Vec<_> = (0..8)
+        .map(|i| json!({"event": "user.created", "data": {"i": i}}))
+        .collect();
+    let resp = app
+        .req(Method::POST, "/api/v1/events/batch", &org.token)
+        .json(&json!({"events": batch}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let pool = &app.db.pool;
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT delivery_id FROM delivery_jobs WHERE webhook_id = $1 ORDER BY scheduled_at",
+    )
+    .bind(uuid::Uuid::parse_str(hook["id"].as_str().unwrap()).unwrap())
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(ids.len(), 8);
+    let lease = |ids: &[uuid::Uuid], worker: &'static str| {
+        sqlx::query(
+            "UPDATE delivery_jobs SET state = 'running', attempt = attempt + 1,
+                    lease_expires_at = now() + interval '1 minute', claimed_by = $2
+              WHERE delivery_id = ANY($1)",
+        )
+        .bind(ids.to_vec())
+        .bind(worker)
+        .execute(pool)
+    };
+    // Another worker holds 3 of the cap of 4; a stale count let ours take 3 more.
+    lease(&ids[..3], "other").await.unwrap();
+    lease(&ids[3..6], "ours").await.unwrap();
+    let trim = |cap: i32, ended: Vec<uuid::Uuid>| {
+        let attempts = vec![1; ended.len()];
+        sqlx::query_scalar::<_, uuid::Uuid>(hookrelay_queue::jobs::TRIM)
+            .bind(ids[3..6].to_vec())
+            .bind(cap)
+            .bind(ended)
+            .bind(attempts)
+            .fetch_all(pool)
+    };
+    let mut given_back = trim(4, vec![]).await.unwrap();
+    given_back.sort();
+    assert_eq!(given_back.len(), 2, "6 running against a cap of 4");
+    let states: Vec<(uuid::Uuid, String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT delivery_id, state::text, attempt, claimed_by FROM delivery_jobs
+          WHERE delivery_id = ANY($1) ORDER BY delivery_id",
+    )
+    .bind(&given_back)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (id, state, attempt, claimed_by) in states {
+        assert!(
+            ids[3..6].contains(&id),
+            "only our own claims are given back"
+        );
+        assert_eq!(
+            (state.as_str(), attempt, claimed_by),
+            ("available", 0, None)
+        );
+    }
+    // Within the cap now: nothing more goes back. One of ours ended frees a place the same way.
+    assert!(trim(4, vec![]).await.unwrap().is_empty());
+    let ours_left: Vec<uuid::Uuid> = ids[3..6]
+        .iter()
+        .copied()
+        .filter(|id| !given_back.contains(id))
+        .collect();
+    assert!(trim(3, ours_left).await.unwrap().is_empty());
     app.stop().await;
 }
 

@@ -34,16 +34,7 @@ fn packet(device: usize, seq: usize) -> Value {
 }
 
 async fn create_source(app: &TestApp, org: &Org, body: Value) -> Value {
-    let (status, source) = status_json(
-        app.req(Method::POST, "/api/v1/sources", &org.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201, "{source}");
-    source
+    app.create_source(org, body).await
 }
 
 async fn push(app: &TestApp, source: &Value, token: &str, body: &Value) -> (u16, Value) {
@@ -475,6 +466,34 @@ async fn signed_inbound_webhooks_are_verified_and_published_as_their_event_type(
         .status();
     assert_eq!(status, 400);
     assert_eq!(count(&app, "SELECT count(*) FROM events").await, 2);
+
+    // An allowlist that excludes 127.0.0.1 closes the verification document too, saying why.
+    let (status, _) = status_json(
+        app.req(
+            Method::PATCH,
+            &format!("/api/v1/sources/{}", source["id"].as_str().unwrap()),
+            &org.token,
+        )
+        .json(&json!({"ip_allowlist": ["10.0.0.0/8"]}))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, problem) = status_json(
+        app.http
+            .get(local(&app, &source["verify_url"]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        problem["detail"],
+        "this source does not accept requests from your address"
+    );
     app.stop().await;
 }
 

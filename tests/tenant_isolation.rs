@@ -5,7 +5,7 @@
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use base64::Engine;
 use hookrelay_tests::receiver::Receiver;
-use hookrelay_tests::{Org, TestApp, eventually, status_json};
+use hookrelay_tests::{Org, TestApp, eventually, status_json, webhooks_the_claim_visits};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -373,31 +373,49 @@ async fn lease_rescue_is_bounded() {
     app.stop().await;
 }
 
-/// The number of webhooks the claim statement's skip scan visits, read from its plan. It runs
-/// in a (sub)transaction rolled back at once, so nothing is claimed.
-async fn webhooks_the_claim_visits(conn: &mut sqlx::PgConnection) -> i64 {
-    fn find(node: &Value) -> Option<i64> {
-        if node["Node Type"] == "Recursive Union" {
-            return node["Actual Rows"].as_i64();
+/// The tables among the queue, deliveries and webhooks that `statement`'s generic plan reads
+/// by a sequential scan, run (and rolled back) with `args` for its `types`.
+async fn whole_tables_read_by_generic_plan(
+    conn: &mut sqlx::PgConnection,
+    statement: &str,
+    types: &str,
+    args: &str,
+) -> Vec<String> {
+    fn seq_scans(node: &Value, found: &mut Vec<String>) {
+        if node["Node Type"] == "Seq Scan" {
+            let table = node["Relation Name"].as_str().unwrap_or_default();
+            if ["delivery_jobs", "webhook_deliveries", "webhooks"].contains(&table) {
+                found.push(table.to_owned());
+            }
         }
-        node["Plans"].as_array()?.iter().find_map(find)
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            seq_scans(child, found);
+        }
     }
     let mut tx = sqlx::Acquire::begin(conn).await.unwrap();
+    for setup in [
+        "SET LOCAL plan_cache_mode = force_generic_plan".to_owned(),
+        format!("PREPARE generic_plan_probe ({types}) AS {statement}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
     let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-        hookrelay_queue::jobs::CLAIM
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE generic_plan_probe({args})"
     )))
-    .bind(50_i64)
-    .bind(60.0_f64)
-    .bind("explain")
-    .bind(16_i32)
-    .bind(Vec::<uuid::Uuid>::new())
-    .bind(Vec::<i32>::new())
     .fetch_one(&mut *tx)
     .await
     .unwrap();
+    sqlx::raw_sql("DEALLOCATE generic_plan_probe")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
-    find(&plan[0]["Plan"]).expect("the claim has its skip scan")
+    let mut found = Vec::new();
+    seq_scans(&plan[0]["Plan"], &mut found);
+    found
 }
 
 /// Cost depends on due work only: a thousand webhooks of other tenants, each holding a retry
@@ -488,7 +506,39 @@ async fn idle_retries_of_other_tenants_are_not_scanned_by_claims() {
         .unwrap();
     // Read inside the same transaction, before any worker can take the job.
     let visited = webhooks_the_claim_visits(&mut tx).await;
+    // The plans a long-lived connection ends up with (generic: the parameters unknown) must not
+    // read every tenant's webhooks or the whole queue to claim one job.
+    let claim = whole_tables_read_by_generic_plan(
+        &mut tx,
+        hookrelay_queue::jobs::CLAIM,
+        "bigint, float8, text, int, uuid[], int[]",
+        "50, 60, 'explain', 16, '{}', '{}'",
+    )
+    .await;
+    let refill = whole_tables_read_by_generic_plan(
+        &mut tx,
+        hookrelay_queue::jobs::REFILL,
+        "uuid, uuid, text, bigint, float8, int, uuid[], int[]",
+        &format!(
+            "'{}', '{}', 'explain', 16, 60, 16, '{{}}', '{{}}'",
+            healthy.id,
+            hook["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    let trim = whole_tables_read_by_generic_plan(
+        &mut tx,
+        hookrelay_queue::jobs::TRIM,
+        "uuid[], int, uuid[], int[]",
+        "'{}', 16, '{}', '{}'",
+    )
+    .await;
     tx.commit().await.unwrap();
+    assert_eq!(
+        (claim, refill, trim),
+        (vec![], vec![], vec![]),
+        "tables read whole by the claim's, the trim's and the refill's generic plans"
+    );
     assert_eq!(
         visited, 1,
         "only the webhook with due work is visited, not {idle} idle ones"

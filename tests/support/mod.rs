@@ -311,6 +311,7 @@ pub async fn status_json(resp: reqwest::Response) -> (u16, serde_json::Value) {
     )
 }
 
+pub mod citus;
 pub mod webdriver;
 
 /// A real HTTP receiver on 127.0.0.1 that records every request and answers from a script.
@@ -376,6 +377,8 @@ pub mod receiver {
         script: VecDeque<Reply>,
         default: Option<Reply>,
         hits: Vec<Hit>,
+        in_flight: usize,
+        most_in_flight: usize,
     }
 
     #[derive(Clone)]
@@ -402,12 +405,15 @@ pub mod receiver {
                 body: body.to_vec(),
                 at: Instant::now(),
             });
+            s.in_flight += 1;
+            s.most_in_flight = s.most_in_flight.max(s.in_flight);
             let default = s.default.clone().unwrap_or(Reply::status(200));
             s.script.pop_front().unwrap_or(default)
         };
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
         }
+        state.lock().unwrap().in_flight -= 1;
         let mut response =
             HttpResponse::build(actix_web::http::StatusCode::from_u16(reply.status).unwrap());
         if let Some(ra) = reply.retry_after {
@@ -454,6 +460,11 @@ pub mod receiver {
 
         pub fn hits(&self) -> Vec<Hit> {
             self.state.lock().unwrap().hits.clone()
+        }
+
+        /// The most requests it was answering at once.
+        pub fn most_in_flight(&self) -> usize {
+            self.state.lock().unwrap().most_in_flight
         }
 
         /// Waits until at least `n` requests arrived, for at most `timeout`.
@@ -534,4 +545,78 @@ pub async fn delivery_statuses(pool: &PgPool) -> HashMap<String, i64> {
     .unwrap()
     .into_iter()
     .collect()
+}
+
+/// The number of webhooks the claim statement's skip scan visits, read from its plan. It runs
+/// in a (sub)transaction rolled back at once, so nothing is claimed.
+pub async fn webhooks_the_claim_visits(conn: &mut sqlx::PgConnection) -> i64 {
+    fn find(node: &serde_json::Value) -> Option<i64> {
+        if node["Node Type"] == "Recursive Union" {
+            return node["Actual Rows"].as_i64();
+        }
+        node["Plans"].as_array()?.iter().find_map(find)
+    }
+    let mut tx = sqlx::Acquire::begin(conn).await.unwrap();
+    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        hookrelay_queue::jobs::CLAIM
+    )))
+    .bind(50_i64)
+    .bind(60.0_f64)
+    .bind("explain")
+    .bind(16_i32)
+    .bind(Vec::<uuid::Uuid>::new())
+    .bind(Vec::<i32>::new())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    find(&plan[0]["Plan"]).expect("the claim has its skip scan")
+}
+
+/// `hookrelay worker` on the app's database ([`spawn_hookrelay`]).
+pub fn spawn_worker(app: &TestApp, env: &[(&str, &str)]) -> tokio::process::Child {
+    spawn_hookrelay(app, "worker", env)
+}
+
+/// `hookrelay <command>` on the app's database, with its encryption key; killed when dropped.
+pub fn spawn_hookrelay(
+    app: &TestApp,
+    command: &str,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(hookrelay_bin());
+    cmd.arg(command)
+        .envs(test_env(&app.db))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    // The same encryption key as the API that stored the secrets.
+    cmd.env("HOOKRELAY_ENCRYPTION_KEY", app.encryption_key());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start hookrelay")
+}
+
+/// An API-only service, so deliveries are made only by the worker processes under test.
+pub async fn api_only() -> TestApp {
+    let db = TestDb::new().await;
+    let env = test_env(&db);
+    TestApp::spawn_on(db, env, Roles::API).await
+}
+
+impl TestApp {
+    /// Creates a source of `org` (`POST /api/v1/sources`) and returns it (with its token).
+    pub async fn create_source(&self, org: &Org, body: serde_json::Value) -> serde_json::Value {
+        let (status, source) = status_json(
+            self.req(reqwest::Method::POST, "/api/v1/sources", &org.token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 201, "{source}");
+        source
+    }
 }

@@ -180,15 +180,26 @@ pub async fn clear_undelivered_except(pool: &PgPool, keep: Option<Uuid>) -> anyh
 /// Deletes the deliveries whose jobs match `jobs_where` (the jobs go with them, ON DELETE
 /// CASCADE). Found through the small queue table: `webhook_deliveries` has no index on status,
 /// and on the 10 M-row history a scan for it would read the whole table.
+/// The ordering keys' queues go with them (their counts would otherwise hold later deliveries
+/// of those keys back forever).
 async fn delete_queued(pool: &PgPool, jobs_where: &str, org: Option<Uuid>) -> anyhow::Result<u64> {
-    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+    let mut tx = pool.begin().await?;
+    let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM webhook_deliveries
           WHERE id = ANY(ARRAY(SELECT delivery_id FROM delivery_jobs WHERE {jobs_where}))"
     )))
     .bind(org)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
-    .rows_affected())
+    .rows_affected();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM delivery_key_queues WHERE {jobs_where}"
+    )))
+    .bind(org)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 /// Waits until the organization's queue is empty (the recorder has caught up) or `limit` passes.

@@ -39,6 +39,7 @@ async fn run_phase(b: &mut Bench, phase: &str) -> anyhow::Result<()> {
         "sustained" => phases::sustained::run(b).await,
         "delivery" => phases::delivery::run(b).await,
         "fanout" => phases::fanout::run(b).await,
+        "ordered" => phases::ordered::run(b).await,
         "memory" => phases::memory::run(b).await,
         "scale" => phases::scale::run(b).await,
         "history" => phases::history::run(b).await,

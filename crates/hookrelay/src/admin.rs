@@ -70,7 +70,7 @@ pub enum KeyCommand {
         #[arg(long)]
         expires_at: Option<DateTime<Utc>>,
     },
-    /// Lists an organization's keys (never their tokens)
+    /// Lists an organization's keys, revoked ones included with their `revoked_at` (never their tokens)
     List {
         #[arg(long)]
         org: Uuid,
@@ -179,7 +179,7 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
                 limit: 1000,
                 after: None,
             };
-            print(json!(api_keys::list(&pool, org, &page).await?.data));
+            print(json!(api_keys::list(&pool, org, &page, true).await?.data));
         }
         AdminCommand::Key {
             command: KeyCommand::Revoke { org, id },

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::QueueError;
-use hookrelay_storage::events::JOBS_CHANNEL;
+use hookrelay_storage::events::wake_workers;
 
 /// Flushes what is ready whenever a publish wakes it or a partial batch's linger runs out.
 pub(crate) async fn run(
@@ -108,8 +108,10 @@ pub async fn flush_ready(
 
 /// Forms at most one batch of the group, if it is full or its oldest item has lingered, in one
 /// statement: the items leave `batch_items` and become one delivery (body in the webhook's
-/// format, every event linked in `webhook_delivery_events`) with its queue entry. Returns how
-/// many events it carries (0: not ready, or another process holds the group).
+/// format, every event linked in `webhook_delivery_events`) with its queue entry. The batches of
+/// a `per_key` webhook share one ordering key ([`hookrelay_storage::ordering::BATCHES_KEY`]):
+/// each waits `queued` until the one before it has ended, so they go one at a time, in order.
+/// Returns how many events it carries (0: not ready, or another process holds the group).
 async fn flush_one(
     pool: &PgPool,
     (org_id, webhook_id, event): (Uuid, Uuid, &str),
@@ -117,8 +119,29 @@ async fn flush_one(
     linger: Duration,
     max_attempts: i32,
 ) -> Result<i64, QueueError> {
-    Ok(sqlx::query_scalar(
-        "WITH lock AS (SELECT pg_try_advisory_xact_lock(hashtextextended($2::text || '/' || $3, 7)) AS held),
+    let (flushed, woke): (i64, bool) = sqlx::query_as(FLUSH_ONE)
+        .bind(org_id)
+        .bind(webhook_id)
+        .bind(event)
+        .bind(i64::from(size))
+        .bind(linger.as_secs_f64())
+        .bind(Uuid::now_v7())
+        .bind(max_attempts)
+        .bind(Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .bind(hookrelay_storage::ordering::BATCHES_KEY)
+        .fetch_one(pool)
+        .await?;
+    // After the commit, standalone: on Citus a NOTIFY inside a distributed statement is refused,
+    // and one sent on a worker node is heard by nobody.
+    if woke {
+        wake_workers(pool).await?;
+    }
+    Ok(flushed)
+}
+
+/// [`flush_one`]'s statement. The body's `timestamp` is bound ($8): Citus refuses `now()` inside
+/// `CASE` in a distributed statement.
+pub const FLUSH_ONE: &str = "WITH lock AS (SELECT pg_try_advisory_xact_lock(hashtextextended($2::text || '/' || $3, 7)) AS held),
          picked AS (
              SELECT created_at, event_id FROM batch_items
               WHERE org_id = $1 AND webhook_id = $2 AND event = $3 AND (SELECT held FROM lock)
@@ -138,7 +161,7 @@ async fn flush_one(
                     to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS stamp
                FROM gone g JOIN events e ON e.org_id = $1 AND e.id = g.event_id),
          hook AS (
-             SELECT payload_format, active AND deleted_at IS NULL AS active
+             SELECT payload_format, active AND deleted_at IS NULL AS active, ordering = 'per_key' AS per_key
                FROM webhooks WHERE org_id = $1 AND id = $2),
          dl AS (
              INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, event_id, event_count, payload, status, created_at)
@@ -149,7 +172,7 @@ async fn flush_one(
                             ORDER BY evs.created_at, evs.id))
                         ELSE jsonb_build_object(
                             'event', $3,
-                            'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                            'timestamp', $8::text,
                             'webhook_id', $2,
                             'data', jsonb_build_object('events', jsonb_agg(
                                 jsonb_build_object('id', evs.id, 'event', evs.event, 'timestamp', evs.stamp, 'data', evs.data)
@@ -162,22 +185,20 @@ async fn flush_one(
          links AS (
              INSERT INTO webhook_delivery_events (org_id, delivery_id, event_id)
              SELECT $1, dl.id, evs.id FROM dl, evs),
+         keyed AS (
+             INSERT INTO delivery_key_queues AS q (org_id, webhook_id, ordering_key, next_seq, unfinished)
+             SELECT $1, $2, $9, 1, 1 FROM dl WHERE (SELECT per_key FROM hook)
+             ON CONFLICT (org_id, webhook_id, ordering_key) DO UPDATE
+                SET next_seq = q.next_seq + 1, unfinished = q.unfinished + 1
+             RETURNING next_seq, unfinished),
          jb AS (
-             INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, max_attempts, scheduled_at, created_at)
-             SELECT dl.id, $1, $2, CASE WHEN (SELECT active FROM hook) THEN 'available' ELSE 'parked' END, $7, now(), now()
-               FROM dl
-             RETURNING state),
-         woken AS (SELECT pg_notify($8, '') FROM jb WHERE state = 'available')
-         SELECT (SELECT count(*) FROM gone) + 0 * (SELECT count(*) FROM woken)",
-    )
-    .bind(org_id)
-    .bind(webhook_id)
-    .bind(event)
-    .bind(i64::from(size))
-    .bind(linger.as_secs_f64())
-    .bind(Uuid::now_v7())
-    .bind(max_attempts)
-    .bind(JOBS_CHANNEL)
-    .fetch_one(pool)
-    .await?)
-}
+             INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, max_attempts, scheduled_at, created_at,
+                                        ordering_key, key_seq)
+             SELECT dl.id, $1, $2,
+                    CASE WHEN k.unfinished > 1 THEN 'queued'
+                         WHEN (SELECT active FROM hook) THEN 'available' ELSE 'parked' END,
+                    $7, now(), now(),
+                    CASE WHEN k.next_seq IS NOT NULL THEN $9 END, k.next_seq - 1
+               FROM dl LEFT JOIN keyed k ON true
+             RETURNING state)
+         SELECT (SELECT count(*) FROM gone), EXISTS (SELECT 1 FROM jb WHERE state = 'available')";

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use uuid::Uuid;
 
-use crate::jobs::{self, ClaimedJob, Record};
+use crate::jobs::{self, ClaimedJob, Record, Work};
 use crate::worker::Context;
 
 /// What the claim loop and the local publishers share.
@@ -34,6 +34,9 @@ pub(crate) struct Local {
     in_flight: Mutex<HashMap<Uuid, i32>>,
     /// The claim loop's last look found no claimable work waiting.
     quiet: AtomicBool,
+    /// Webhooks (and their organizations) where an attempt ended since the claim loop last
+    /// looked, not counting rate-limited ones: the candidates for a refill.
+    freed: Mutex<HashMap<Uuid, Uuid>>,
 }
 
 impl Local {
@@ -45,6 +48,7 @@ impl Local {
             room_freed: Notify::new(),
             in_flight: Mutex::default(),
             quiet: AtomicBool::new(false),
+            freed: Mutex::default(),
         }
     }
 
@@ -58,6 +62,20 @@ impl Local {
 
     pub fn records(&self) -> Option<mpsc::Sender<Record>> {
         self.records.lock().expect("not poisoned").clone()
+    }
+
+    /// An attempt to this webhook ended: it may refill the room.
+    pub fn freed(&self, org_id: Uuid, webhook_id: Uuid) {
+        self.freed
+            .lock()
+            .expect("not poisoned")
+            .insert(webhook_id, org_id);
+    }
+
+    /// The webhooks freed since the last call, as (organization, webhook).
+    pub fn take_freed(&self) -> Vec<(Uuid, Uuid)> {
+        let mut freed = self.freed.lock().expect("not poisoned");
+        freed.drain().map(|(webhook, org)| (org, webhook)).collect()
     }
 
     /// Stops taking handed-off work and lets the recorder end once attempts in flight are done.
@@ -165,29 +183,45 @@ impl Handoff for LocalHandoff {
                     (j.delivery_id, room)
                 })
                 .collect();
-            let claimed: Vec<ClaimedJob> = jobs
+            // The publishing statement returned what sending needs; a load is the fallback.
+            let (ready, unloaded): (Vec<_>, Vec<_>) =
+                jobs.into_iter().partition(|j| j.sendable.is_some());
+            let mut work: Vec<Work> = ready
                 .into_iter()
-                .map(|j| ClaimedJob {
-                    delivery_id: j.delivery_id,
-                    org_id: j.org_id,
-                    webhook_id: j.webhook_id,
-                    attempt: 1,
-                    max_attempts: j.max_attempts,
+                .map(|j| Work {
+                    job: claimed_job(j.delivery_id, j.org_id, j.webhook_id, j.max_attempts),
+                    sendable: j.sendable.expect("partitioned on it"),
                 })
                 .collect();
-            let work = match jobs::load(&ctx.pool, &claimed).await {
-                Ok(work) => work,
-                // Leased to us: the rescuer re-queues them when the lease runs out.
-                Err(err) => {
-                    tracing::warn!(error = %err, "loading handed-off deliveries failed");
-                    return;
+            if !unloaded.is_empty() {
+                let claimed: Vec<ClaimedJob> = unloaded
+                    .into_iter()
+                    .map(|j| claimed_job(j.delivery_id, j.org_id, j.webhook_id, j.max_attempts))
+                    .collect();
+                match jobs::load(&ctx.pool, &claimed).await {
+                    Ok(loaded) => work.extend(loaded),
+                    // Leased to us: the rescuer re-queues them when the lease runs out.
+                    Err(err) => {
+                        tracing::warn!(error = %err, "loading handed-off deliveries failed")
+                    }
                 }
-            };
+            }
             let with_room = work
                 .into_iter()
                 .filter_map(|w| rooms.remove(&w.job.delivery_id).map(|room| (w, room)))
                 .collect();
             crate::worker::dispatch_with_room(&ctx, &local, with_room).await;
         });
+    }
+}
+
+/// A handed-off delivery as a claim of attempt 1.
+fn claimed_job(delivery_id: Uuid, org_id: Uuid, webhook_id: Uuid, max_attempts: i32) -> ClaimedJob {
+    ClaimedJob {
+        delivery_id,
+        org_id,
+        webhook_id,
+        attempt: 1,
+        max_attempts,
     }
 }

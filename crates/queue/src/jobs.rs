@@ -7,14 +7,13 @@
 //! overwrite a newer attempt.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::types::Json;
 use std::time::Duration;
 use uuid::Uuid;
 
 use crate::QueueError;
 use crate::deliver::{BodyExcerpt, Outcome};
+use hookrelay_storage::events::Sendable;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
@@ -30,19 +29,19 @@ pub struct ClaimedJob {
 pub struct Work {
     #[sqlx(flatten)]
     pub job: ClaimedJob,
-    pub event: String,
-    /// Exactly the body sent (envelope, batch or Hubble format, fixed when it was created).
-    pub payload: Json<Value>,
-    /// Masked (what attempt records keep); the real one is `sealed_url` when it has credentials.
-    pub url: String,
-    pub sealed_url: Option<String>,
-    /// Names with masked values; the real values are `sealed_headers`.
-    pub headers: Json<Value>,
-    pub sealed_headers: Option<String>,
-    pub payload_format: String,
-    pub active: bool,
-    pub secret: String,
-    pub previous_secret: Option<String>,
+    #[sqlx(flatten)]
+    pub sendable: Sendable,
+}
+
+/// The columns of [`Sendable`], from `webhook_deliveries d` and `webhooks w` (a macro, so
+/// statements stay literals).
+macro_rules! sendable_columns {
+    () => {
+        "d.event, d.payload, w.url, w.sealed_url, w.headers, w.sealed_headers, w.payload_format,
+                w.active AND w.deleted_at IS NULL AS active, w.secret,
+                CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
+                w.rate_limit_per_second IS NOT NULL AS rate_limited"
+    };
 }
 
 /// The claim statement ([`claim`]): `$1` limit, `$2` lease in seconds, `$3` worker, `$4` the
@@ -70,17 +69,21 @@ pub const CLAIM: &str = "WITH RECURSIVE hooks AS (
               WHERE j.delivery_id = ANY($5) AND j.state = 'running'
               GROUP BY j.org_id, j.webhook_id),
          room AS (
-             SELECT d.org_id, d.webhook_id, d.turn, d.first_due, w.rate_limit_per_second AS rate,
+             SELECT d.org_id, d.webhook_id, d.turn, d.first_due, w.rate,
                     LEAST($4 - (SELECT count(*) FROM delivery_jobs r
                                  WHERE r.org_id = d.org_id AND r.webhook_id = d.webhook_id AND r.state = 'running')
                              + COALESCE((SELECT e.n FROM ended e
                                           WHERE e.org_id = d.org_id AND e.webhook_id = d.webhook_id), 0),
-                          COALESCE(w.rate_limit_per_second
+                          COALESCE(w.rate
                                    - COALESCE((SELECT s.sent FROM webhook_send_windows s
                                                 WHERE s.org_id = d.org_id AND s.webhook_id = d.webhook_id
                                                   AND s.window_start = date_trunc('second', now())), 0),
                                    $1)) AS room
-               FROM due d JOIN webhooks w ON w.org_id = d.org_id AND w.id = d.webhook_id),
+               -- A lookup per webhook with due work (LIMIT keeps it one): joined, the planner
+               -- hashed a sequential scan of every tenant's webhooks into each claim.
+               FROM due d CROSS JOIN LATERAL (
+                    SELECT rate_limit_per_second AS rate FROM webhooks
+                     WHERE org_id = d.org_id AND id = d.webhook_id LIMIT 1) w),
          chosen AS (
              SELECT * FROM (SELECT * FROM room WHERE room > 0 ORDER BY turn, first_due LIMIT $1) c
               WHERE pg_try_advisory_xact_lock(hashtextextended(c.webhook_id::text, 11))),
@@ -108,8 +111,9 @@ pub const CLAIM: &str = "WITH RECURSIVE hooks AS (
          UPDATE delivery_jobs j
             SET state = 'running', attempt = j.attempt + 1,
                 lease_expires_at = now() + make_interval(secs => $2), claimed_by = $3
-           FROM picked
-          WHERE j.delivery_id = picked.delivery_id
+          -- An array, not a join: the generic plan cannot know `picked` is small, and joined it
+          -- hashed a sequential scan of the whole queue (24 ms a claim on a 200k backlog).
+          WHERE j.delivery_id = ANY(ARRAY(SELECT delivery_id FROM picked))
       RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, j.max_attempts";
 
 /// Claims up to `limit` due jobs for `worker`, leased for `lease`, in one statement:
@@ -135,6 +139,12 @@ pub async fn claim(
 /// [`claim`] for a worker whose `ended` attempts (delivery id, attempt) are over but not yet
 /// recorded: their endpoints' room is free again now, not only once the record batch commits,
 /// so a capped endpoint refills as soon as an attempt ends.
+///
+/// The claim and [`TRIM`] share one transaction: the claim's advisory locks are taken inside a
+/// statement whose snapshot may predate another worker's commit on the same webhook (that
+/// worker held the lock, committed, released it, and then ours was granted), so the claim can
+/// count fewer jobs in flight than there are. The trim reads with a fresh snapshot while the
+/// locks are still held, and gives back whatever went past the cap.
 pub async fn claim_beside_ended(
     pool: &PgPool,
     worker: &str,
@@ -144,34 +154,167 @@ pub async fn claim_beside_ended(
     ended: &[(Uuid, i32)],
 ) -> Result<Vec<ClaimedJob>, QueueError> {
     let (ids, attempts): (Vec<Uuid>, Vec<i32>) = ended.iter().copied().unzip();
-    Ok(sqlx::query_as(CLAIM)
+    let mut tx = pool.begin().await?;
+    let mut claimed: Vec<ClaimedJob> = sqlx::query_as(CLAIM)
         .bind(limit)
         .bind(lease.as_secs_f64())
         .bind(worker)
         .bind(per_endpoint)
         .bind(&ids)
         .bind(&attempts)
+        .fetch_all(&mut *tx)
+        .await?;
+    if !claimed.is_empty() {
+        let taken: Vec<Uuid> = claimed.iter().map(|j| j.delivery_id).collect();
+        let given_back: Vec<Uuid> = sqlx::query_scalar(TRIM)
+            .bind(&taken)
+            .bind(per_endpoint)
+            .bind(&ids)
+            .bind(&attempts)
+            .fetch_all(&mut *tx)
+            .await?;
+        if !given_back.is_empty() {
+            claimed.retain(|j| !given_back.contains(&j.delivery_id));
+        }
+    }
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Gives back, in the claim's transaction, the jobs `$1` just leased beyond their webhook's
+/// cap `$2` (jobs `running` less the claimer's ended attempts `$3`/`$4`), as if never claimed.
+/// Each webhook is taken from `ended`'s point of view, so the count is exact: its advisory
+/// lock is still held, and this statement's snapshot is newer than any other holder's commit.
+/// A rate-limited webhook's window keeps counting a given-back job: its allowance only errs
+/// on the slow side, for the rest of this second.
+pub const TRIM: &str = "WITH taken AS (
+             SELECT org_id, webhook_id, delivery_id, scheduled_at FROM delivery_jobs
+              WHERE delivery_id = ANY($1) AND state = 'running'),
+         ended AS (
+             SELECT j.org_id, j.webhook_id, count(*) AS n
+               FROM unnest($3::uuid[], $4::int[]) AS e(id, attempt)
+               JOIN delivery_jobs j ON j.delivery_id = e.id AND j.attempt = e.attempt
+              WHERE j.delivery_id = ANY($3) AND j.state = 'running'
+              GROUP BY j.org_id, j.webhook_id),
+         over AS (
+             SELECT h.org_id, h.webhook_id,
+                    (SELECT count(*) FROM delivery_jobs r
+                      WHERE r.org_id = h.org_id AND r.webhook_id = h.webhook_id AND r.state = 'running')
+                    - COALESCE((SELECT e.n FROM ended e
+                                 WHERE e.org_id = h.org_id AND e.webhook_id = h.webhook_id), 0)
+                    - $2 AS n
+               FROM (SELECT DISTINCT org_id, webhook_id FROM taken) h),
+         excess AS (
+             SELECT t.delivery_id
+               FROM over o CROSS JOIN LATERAL (
+                    SELECT delivery_id FROM taken
+                     WHERE org_id = o.org_id AND webhook_id = o.webhook_id
+                     ORDER BY scheduled_at DESC
+                     LIMIT GREATEST(o.n, 0)) t
+              WHERE o.n > 0)
+     UPDATE delivery_jobs j
+        SET state = 'available', attempt = j.attempt - 1, lease_expires_at = NULL, claimed_by = NULL
+      WHERE j.delivery_id = ANY(ARRAY(SELECT delivery_id FROM excess))
+  RETURNING j.delivery_id";
+
+pub async fn load(pool: &PgPool, jobs: &[ClaimedJob]) -> Result<Vec<Work>, QueueError> {
+    const LOAD: &str = concat!(
+        "SELECT d.id AS delivery_id, d.org_id, d.webhook_id, c.attempt, j.max_attempts, ",
+        sendable_columns!(),
+        "
+               FROM unnest($1::uuid[], $2::int[]) AS c(id, attempt)
+               JOIN webhook_deliveries d ON d.id = c.id
+               JOIN delivery_jobs j ON j.delivery_id = d.id
+               JOIN webhooks w ON w.org_id = d.org_id AND w.id = d.webhook_id
+              WHERE d.id = ANY($1)"
+    );
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
+    Ok(sqlx::query_as(LOAD)
+        .bind(&ids)
+        .bind(&attempts)
         .fetch_all(pool)
         .await?)
 }
 
-pub async fn load(pool: &PgPool, jobs: &[ClaimedJob]) -> Result<Vec<Work>, QueueError> {
-    let ids: Vec<Uuid> = jobs.iter().map(|j| j.delivery_id).collect();
-    let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt).collect();
-    Ok(sqlx::query_as(
-        "SELECT d.id AS delivery_id, d.org_id, d.webhook_id, c.attempt, j.max_attempts, d.event, d.payload,
-                w.url, w.sealed_url, w.headers, w.sealed_headers, w.payload_format, w.active AND w.deleted_at IS NULL AS active, w.secret,
-                CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret
-           FROM unnest($1::uuid[], $2::int[]) AS c(id, attempt)
-           JOIN webhook_deliveries d ON d.id = c.id
-           JOIN delivery_jobs j ON j.delivery_id = d.id
-           JOIN webhooks w ON w.org_id = d.org_id AND w.id = d.webhook_id
-          WHERE d.id = ANY($1)",
-    )
-    .bind(&ids)
-    .bind(&attempts)
-    .fetch_all(pool)
-    .await?)
+/// The lock a claimer holds on a webhook while it counts and fills its room (the claim takes
+/// it inside [`CLAIM`] with the same key).
+const WEBHOOK_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtextextended($1::text, 11))";
+
+/// The refill statement ([`refill`]), run under [`WEBHOOK_LOCK`]: `$1` organization, `$2` webhook, `$3` worker, `$4` limit,
+/// `$5` lease in seconds, `$6` the per-endpoint cap, `$7`/`$8` the worker's ended attempts.
+/// Public so tests can read its plan.
+pub const REFILL: &str = concat!(
+    "WITH room AS (
+             SELECT LEAST($4, $6 - (SELECT count(*) FROM delivery_jobs r
+                                     WHERE r.org_id = $1 AND r.webhook_id = $2 AND r.state = 'running')
+                                 + (SELECT count(*) FROM unnest($7::uuid[], $8::int[]) AS e(id, attempt)
+                                      JOIN delivery_jobs j ON j.delivery_id = e.id AND j.attempt = e.attempt
+                                     WHERE j.delivery_id = ANY($7) AND j.state = 'running'
+                                       AND j.org_id = $1 AND j.webhook_id = $2)) AS n
+              WHERE NOT EXISTS (SELECT 1 FROM webhooks
+                                 WHERE org_id = $1 AND id = $2 AND rate_limit_per_second IS NOT NULL)),
+         picked AS (
+             SELECT delivery_id FROM delivery_jobs
+              WHERE org_id = $1 AND webhook_id = $2 AND state = 'available' AND scheduled_at <= now()
+              ORDER BY scheduled_at
+              LIMIT GREATEST((SELECT n FROM room), 0)
+              FOR UPDATE SKIP LOCKED),
+         claimed AS (
+             UPDATE delivery_jobs j
+                SET state = 'running', attempt = j.attempt + 1,
+                    lease_expires_at = now() + make_interval(secs => $5), claimed_by = $3
+              WHERE j.delivery_id = ANY(ARRAY(SELECT delivery_id FROM picked))
+          RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, j.max_attempts)
+         SELECT c.delivery_id, c.org_id, c.webhook_id, c.attempt, c.max_attempts, ",
+    sendable_columns!(),
+    "
+           FROM claimed c
+           JOIN webhook_deliveries d ON d.org_id = c.org_id AND d.id = c.delivery_id
+           JOIN webhooks w ON w.org_id = c.org_id AND w.id = c.webhook_id"
+);
+
+/// Claims and loads, in one statement under the webhook's lock, more due work of one webhook
+/// that `worker` already serves: up to `limit` jobs, within the webhook's `per_endpoint` cap
+/// counted like [`claim`] does (its `running` jobs less the worker's `ended` attempts).
+/// The general claim's skip scan, turns and separate load are what a capped endpoint's refill
+/// does not need: only this webhook is read. Rate-limited webhooks are left to [`claim`].
+#[allow(clippy::too_many_arguments)]
+pub async fn refill(
+    pool: &PgPool,
+    worker: &str,
+    org_id: Uuid,
+    webhook_id: Uuid,
+    limit: i64,
+    lease: Duration,
+    per_endpoint: i32,
+    ended: &[(Uuid, i32)],
+) -> Result<Vec<Work>, QueueError> {
+    let (ids, attempts): (Vec<Uuid>, Vec<i32>) = ended.iter().copied().unzip();
+    // The webhook's lock comes first, in a statement of its own: a statement taking it midway
+    // counts jobs in flight with a snapshot older than the lock, missing the jobs leased by
+    // whoever held it last, and two workers together could pass the cap.
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar(WEBHOOK_LOCK)
+        .bind(webhook_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(Vec::new());
+    }
+    let work = sqlx::query_as(REFILL)
+        .bind(org_id)
+        .bind(webhook_id)
+        .bind(worker)
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .bind(per_endpoint)
+        .bind(&ids)
+        .bind(&attempts)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(work)
 }
 
 /// Jobs whose webhook turned out to be inactive when they were claimed: back to `parked`,
@@ -357,17 +500,25 @@ pub async fn record(
     // Each statement only when it has rows to change: on a busy webhook most batches hold no
     // retry, and an UPDATE over nothing still cost about a millisecond (make bench).
     if k_next.iter().any(Option::is_none) {
-        sqlx::query(
+        // An ended head of an ordering key lets the key's next delivery go (same transaction).
+        let ended_heads: Vec<hookrelay_storage::ordering::EndedHead> = sqlx::query_as(
             "DELETE FROM delivery_jobs j
               USING unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(id, attempt, next)
               WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1)
-                AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NULL",
+                AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NULL
+          RETURNING j.org_id, j.webhook_id, j.ordering_key",
         )
         .bind(&k_ids)
         .bind(&k_attempts)
         .bind(&k_next)
-        .execute(&mut *tx)
-        .await?;
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .filter_map(|(org, webhook, key): (Uuid, Uuid, Option<String>)| {
+            key.map(|key| (org, webhook, key))
+        })
+        .collect();
+        hookrelay_storage::ordering::release(&mut tx, &ended_heads).await?;
     }
     if k_next.iter().any(Option::is_some) {
         sqlx::query(
@@ -622,14 +773,17 @@ pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), QueueError> {
 pub const PROMOTE_BATCH: i64 = 1000;
 
 /// Makes scheduled retries whose time has come `available` (an index range over what is due:
-/// idle retries are never read). Returns how many, and when the next one falls due.
+/// idle retries are never read). Returns how many, and when the next one falls due. The batch is
+/// picked without locking and re-checked on the rows updated (Citus refuses FOR UPDATE across
+/// shards): two promoters only find each other's rows promoted already.
 pub async fn promote_due(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), QueueError> {
     Ok(sqlx::query_as(
         "WITH promoted AS (
              UPDATE delivery_jobs SET state = 'available'
-              WHERE delivery_id IN (SELECT delivery_id FROM delivery_jobs
-                                     WHERE state = 'scheduled' AND scheduled_at <= now()
-                                     ORDER BY scheduled_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+              WHERE (org_id, delivery_id) IN (SELECT org_id, delivery_id FROM delivery_jobs
+                                               WHERE state = 'scheduled' AND scheduled_at <= now()
+                                               ORDER BY scheduled_at LIMIT $1)
+                AND state = 'scheduled' AND scheduled_at <= now()
              RETURNING 1)
          SELECT (SELECT count(*) FROM promoted),
                 (SELECT min(scheduled_at) FROM delivery_jobs WHERE state = 'scheduled' AND scheduled_at > now())",

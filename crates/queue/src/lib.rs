@@ -5,6 +5,7 @@
 //! Pipeline stages owned here: queue → sign → deliver → record.
 
 mod batcher;
+pub use batcher::FLUSH_ONE as BATCH_FLUSH;
 pub mod deliver;
 pub mod handoff;
 pub mod jobs;

@@ -103,12 +103,19 @@ pub(crate) async fn run(
         promote_at.clone(),
     ));
     let slots = local.slots.clone();
+    // While this holds, the last general claim found all due work held back by caps or rate
+    // limits (or in other workers' hands): until it is older than BLOCKED_RECHECK, or new work
+    // wakes us, an ended attempt's room is refilled from its own webhook alone (`jobs::refill`),
+    // which is what a general claim would find claimable anyway, at a fraction of its cost.
+    let mut capped_since: Option<Instant> = None;
+    let mut refill_now = false;
 
     loop {
         if *stopped.borrow() {
             break;
         }
         if promote_at.is_due() {
+            capped_since = None;
             match jobs::promote_due(&ctx.pool).await {
                 Ok((promoted, next)) => {
                     // A full batch means more may be due already: look again at once.
@@ -136,6 +143,23 @@ pub(crate) async fn run(
             }
             continue;
         }
+        let capped_until = capped_since.map(|since| since + BLOCKED_RECHECK);
+        if std::mem::take(&mut refill_now) && capped_until.is_some_and(|t| Instant::now() < t) {
+            refill_freed(&ctx, &local, free).await;
+            tokio::select! {
+                _ = wake.notified() => capped_since = None,
+                _ = local.room_freed.notified() => {
+                    tokio::time::sleep(ROOM_GATHER).await;
+                    refill_now = true;
+                }
+                _ = tokio::time::sleep_until(capped_until.expect("checked above").into()) => {}
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
+        // A general claim looks at every webhook, those freed since the last look included.
+        local.take_freed();
+        capped_since = None;
         let want = free.min(ctx.settings.claim_batch);
         let claimed = match jobs::claim_beside_ended(
             &ctx.pool,
@@ -188,13 +212,17 @@ pub(crate) async fn run(
             // Work is due but none was claimable: its webhooks are at their in-flight cap or
             // rate limit (or another worker holds them). A finished attempt wakes us sooner.
             let wait = if wait.is_zero() {
+                capped_since = Some(Instant::now());
                 BLOCKED_RECHECK.min(ctx.settings.poll_interval)
             } else {
                 wait
             };
             tokio::select! {
-                _ = wake.notified() => {}
-                _ = local.room_freed.notified() => tokio::time::sleep(ROOM_GATHER).await,
+                _ = wake.notified() => capped_since = None,
+                _ = local.room_freed.notified() => {
+                    tokio::time::sleep(ROOM_GATHER).await;
+                    refill_now = true;
+                }
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
                 _ = stopped.changed() => {}
             }
@@ -207,6 +235,44 @@ pub(crate) async fn run(
     let _ = recorder.await;
     let _ = batcher.await;
     listener.abort();
+}
+
+/// Refills the room of the webhooks whose attempts ended since the last look, each with one
+/// statement that claims and loads its next due jobs (see `capped_since` in [`run`]).
+async fn refill_freed(ctx: &Arc<Context>, local: &Arc<Local>, mut free: usize) {
+    let freed = local.take_freed();
+    if freed.is_empty() {
+        return;
+    }
+    let ended = ctx.ended.snapshot();
+    for (org_id, webhook_id) in freed {
+        if free == 0 {
+            break;
+        }
+        let limit = free.min(usize::try_from(ctx.settings.endpoint_concurrency).unwrap_or(0));
+        match jobs::refill(
+            &ctx.pool,
+            &ctx.worker_id,
+            org_id,
+            webhook_id,
+            limit as i64,
+            ctx.settings.lease,
+            ctx.settings.endpoint_concurrency,
+            &ended,
+        )
+        .await
+        {
+            Ok(work) if work.is_empty() => {}
+            Ok(work) => {
+                free = free.saturating_sub(work.len());
+                dispatch(ctx, local, work).await;
+            }
+            // The statement claims nothing unless it returns: the next general claim takes over.
+            Err(err) => {
+                tracing::warn!(error = %err, %webhook_id, "refilling a webhook's room failed")
+            }
+        }
+    }
 }
 
 /// Sends every claimed job of `work` on its own task, each once it has a slot.
@@ -229,7 +295,8 @@ pub(crate) async fn dispatch_with_room(
     local: &Arc<Local>,
     work: Vec<(Work, Room)>,
 ) {
-    let (inactive, sendable): (Vec<_>, Vec<_>) = work.into_iter().partition(|(w, _)| !w.active);
+    let (inactive, sendable): (Vec<_>, Vec<_>) =
+        work.into_iter().partition(|(w, _)| !w.sendable.active);
     if !inactive.is_empty() {
         let jobs: Vec<_> = inactive.into_iter().map(|(w, _)| w.job).collect();
         if let Err(err) = jobs::park(&ctx.pool, &jobs).await {
@@ -255,6 +322,9 @@ pub(crate) async fn dispatch_with_room(
                 ctx.ended.add(work.job.delivery_id, work.job.attempt);
                 let _ = records.send(record).await;
                 drop(room);
+                if !work.sendable.rate_limited {
+                    local.freed(work.job.org_id, work.job.webhook_id);
+                }
                 // The endpoint has room again now, not only once the record commits; a quiet
                 // worker has nothing waiting that it could claim.
                 if !local.is_quiet() {
@@ -271,7 +341,9 @@ pub(crate) async fn dispatch_with_room(
 fn signing_secrets(ctx: &Context, work: &Work) -> Result<Vec<SigningKey>, String> {
     let context = secret_context(work.job.webhook_id);
     let mut out = Vec::with_capacity(2);
-    for sealed in std::iter::once(&work.secret).chain(work.previous_secret.as_ref()) {
+    for sealed in
+        std::iter::once(&work.sendable.secret).chain(work.sendable.previous_secret.as_ref())
+    {
         let plain = ctx
             .secrets
             .open(&context, sealed)
@@ -285,13 +357,18 @@ fn signing_secrets(ctx: &Context, work: &Work) -> Result<Vec<SigningKey>, String
 /// before sealing, read from the columns).
 fn target(ctx: &Context, work: &Work) -> Result<(String, Vec<(String, String)>), String> {
     let id = work.job.webhook_id;
-    let url = credentials::open_url(&ctx.secrets, id, &work.url, work.sealed_url.as_deref())
-        .map_err(|e| e.to_string())?;
+    let url = credentials::open_url(
+        &ctx.secrets,
+        id,
+        &work.sendable.url,
+        work.sendable.sealed_url.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
     let headers = credentials::open_headers(
         &ctx.secrets,
         id,
-        &work.headers.0,
-        work.sealed_headers.as_deref(),
+        &work.sendable.headers.0,
+        work.sendable.sealed_headers.as_deref(),
     )
     .map_err(|e| e.to_string())?
     .into_iter()
@@ -312,17 +389,17 @@ pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
         });
     let outcome = match prepared {
         Ok((secrets, url, headers)) => {
-            let body = serde_json::to_vec(&work.payload.0).expect("JSON values serialize");
+            let body = serde_json::to_vec(&work.sendable.payload.0).expect("JSON values serialize");
             let request = Request {
                 delivery_id: work.job.delivery_id,
                 url: &url,
-                event: &work.event,
+                event: &work.sendable.event,
                 body: &body,
                 secrets: &secrets,
                 extra_headers: &headers,
                 // Hubble's token is the shared secret: an Ed25519 webhook has none to send.
                 hubble_token: match &secrets[0] {
-                    SigningKey::Hmac(secret) if work.payload_format == "hubble" => {
+                    SigningKey::Hmac(secret) if work.sendable.payload_format == "hubble" => {
                         Some(secret.as_str())
                     }
                     _ => None,
@@ -366,7 +443,7 @@ pub(crate) async fn send(ctx: &Context, work: &Work) -> Record {
     Record {
         job: work.job.clone(),
         // Masked again: a row from before sealing still holds its password in the column.
-        url: credentials::mask_url(&work.url),
+        url: credentials::mask_url(&work.sendable.url),
         started_at,
         outcome,
         next,

@@ -141,8 +141,9 @@ pub fn open_headers(
     }
 }
 
-/// id, url, sealed_url, headers, sealed_headers.
+/// org_id, id, url, sealed_url, headers, sealed_headers.
 type LegacyRow = (
+    Uuid,
     Uuid,
     String,
     Option<String>,
@@ -155,14 +156,14 @@ type LegacyRow = (
 /// change meanwhile, so it is safe while other processes run. Returns how many were resealed.
 pub async fn seal_legacy(pool: &PgPool, secrets: &SecretBox) -> Result<u64, StorageError> {
     let rows: Vec<LegacyRow> = sqlx::query_as(
-        "SELECT id, url, sealed_url, headers, sealed_headers FROM webhooks
+        "SELECT org_id, id, url, sealed_url, headers, sealed_headers FROM webhooks
               WHERE (sealed_headers IS NULL AND headers <> '{}'::jsonb)
                  OR (sealed_url IS NULL AND url ~ '^[^:/?#]+://[^/?#]*@')",
     )
     .fetch_all(pool)
     .await?;
     let mut done = 0;
-    for (id, url, sealed_url, headers, sealed_headers) in rows {
+    for (org_id, id, url, sealed_url, headers, sealed_headers) in rows {
         let (new_url, new_sealed_url) = match sealed_url {
             Some(s) => (url.clone(), Some(s)),
             None => seal_url(secrets, id, &url)?,
@@ -173,7 +174,7 @@ pub async fn seal_legacy(pool: &PgPool, secrets: &SecretBox) -> Result<u64, Stor
         };
         let updated = sqlx::query(
             "UPDATE webhooks SET url = $3, sealed_url = $4, headers = $5, sealed_headers = $6
-              WHERE id = $1 AND url = $2 AND headers = $7",
+              WHERE org_id = $8 AND id = $1 AND url = $2 AND headers = $7",
         )
         .bind(id)
         .bind(&url)
@@ -182,6 +183,7 @@ pub async fn seal_legacy(pool: &PgPool, secrets: &SecretBox) -> Result<u64, Stor
         .bind(sqlx::types::Json(&new_headers))
         .bind(new_sealed_headers)
         .bind(sqlx::types::Json(&headers.0))
+        .bind(org_id)
         .execute(pool)
         .await?;
         done += updated.rows_affected();

@@ -27,6 +27,8 @@ pub struct Delivery {
     pub last_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// Its event's ordering key, if any.
+    pub ordering_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -55,7 +57,7 @@ pub struct Attempt {
 macro_rules! columns {
     () => {
         "id, org_id, webhook_id, event_id, event, event_count, payload, status, response_status, response_body,
-         response_body_encoding, attempt_number, last_error, next_attempt_at, delivered_at, created_at, updated_at"
+         response_body_encoding, attempt_number, last_error, next_attempt_at, delivered_at, ordering_key, created_at, updated_at"
     };
 }
 
@@ -130,9 +132,15 @@ pub async fn attempts(
 /// Queues one more attempt of each delivery in `ids` now (manual redelivery). Deliveries still in
 /// the queue are made due now; finished ones get a job for one further attempt. A delivery whose
 /// webhook is gone, or that is being sent right now, is left alone. Returns how many were queued.
+///
+/// Ordered delivery holds: a delivery waiting behind its key's head (`queued`) keeps its place
+/// (counted as queued), and a finished one of a `per_key` webhook joins the end of its key's
+/// queue (in creation order when several are requeued at once), so it goes once the deliveries
+/// before it have ended.
 pub async fn requeue(conn: &mut PgConnection, org_id: Uuid, ids: &[Uuid]) -> crate::Result<u64> {
     let due_now = sqlx::query(
-        "UPDATE delivery_jobs SET scheduled_at = now(), state = CASE WHEN state = 'parked' THEN 'parked' ELSE 'available' END
+        "UPDATE delivery_jobs SET scheduled_at = now(),
+                state = CASE WHEN state IN ('parked', 'queued') THEN state ELSE 'available' END
           WHERE org_id = $1 AND delivery_id = ANY($2) AND state <> 'running'",
     )
     .bind(org_id)
@@ -140,19 +148,28 @@ pub async fn requeue(conn: &mut PgConnection, org_id: Uuid, ids: &[Uuid]) -> cra
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    let added = sqlx::query(
+    let added = sqlx::query(concat!(
         "WITH finished AS (
              UPDATE webhook_deliveries d SET status = 'pending', delivered_at = NULL, next_attempt_at = now()
                FROM webhooks w
               WHERE d.org_id = $1 AND d.id = ANY($2) AND d.status IN ('sent', 'failed', 'cancelled')
                 AND w.org_id = d.org_id AND w.id = d.webhook_id AND w.deleted_at IS NULL
-                AND NOT EXISTS (SELECT 1 FROM delivery_jobs j WHERE j.delivery_id = d.id)
-          RETURNING d.id, d.org_id, d.webhook_id, d.attempt_number, w.active)
-         INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, attempt, max_attempts, scheduled_at)
-         SELECT id, org_id, webhook_id, CASE WHEN active THEN 'available' ELSE 'parked' END,
-                attempt_number, attempt_number + 1, now()
-           FROM finished",
-    )
+                AND NOT EXISTS (SELECT 1 FROM delivery_jobs j WHERE j.org_id = d.org_id AND j.delivery_id = d.id)
+          RETURNING d.id, d.webhook_id, d.attempt_number, d.created_at,
+                    CASE WHEN w.active THEN 'available' ELSE 'parked' END AS state,
+                    CASE WHEN w.ordering = 'per_key' THEN d.ordering_key END AS okey),
+         jobs AS (
+             SELECT f.*, row_number() OVER (PARTITION BY f.webhook_id, f.okey ORDER BY f.created_at, f.id) AS place,
+                    count(*) OVER (PARTITION BY f.webhook_id, f.okey) AS n
+               FROM finished f),
+         ",
+        crate::ordering::key_queue_ctes!(),
+        "
+         INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, attempt, max_attempts, scheduled_at,
+                                    ordering_key, key_seq)
+         SELECT id, $1, webhook_id, queue_state, attempt_number, attempt_number + 1, now(), okey, seq
+           FROM placed"
+    ))
     .bind(org_id)
     .bind(ids)
     .execute(&mut *conn)

@@ -143,7 +143,7 @@ pub async fn list_deliveries(
     let mut q = QueryBuilder::new(
         "SELECT id, org_id, webhook_id, event_id, event, event_count, payload, status, response_status,
                 response_body, response_body_encoding, attempt_number, last_error, next_attempt_at,
-                delivered_at, created_at, updated_at
+                delivered_at, ordering_key, created_at, updated_at
            FROM webhook_deliveries WHERE org_id = ",
     );
     q.push_bind(org_id);

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::routing::{filter_matches, subscribed};
@@ -102,6 +103,26 @@ pub struct HandedOff {
     pub org_id: Uuid,
     pub webhook_id: Uuid,
     pub max_attempts: i32,
+    /// What sending it needs, read by the publishing statement itself (so the worker does not
+    /// load it again); `None` only if that statement did not return it.
+    pub sendable: Option<Sendable>,
+}
+
+/// A delivery's body and its webhook's target and keys, as the worker sends them (sealed
+/// columns stay sealed: the worker opens them).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Sendable {
+    pub event: String,
+    pub payload: Json<Value>,
+    pub url: String,
+    pub sealed_url: Option<String>,
+    pub headers: Json<Value>,
+    pub sealed_headers: Option<String>,
+    pub payload_format: String,
+    pub active: bool,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub rate_limited: bool,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -114,6 +135,8 @@ struct Route {
     max_batch_size: i32,
     /// Rate-limited webhooks are counted per second by the claim: never handed off.
     rate_limited: bool,
+    /// `ordering: "per_key"`: its deliveries of one ordering key go one at a time.
+    per_key: bool,
 }
 
 /// The delivery body in the `envelope` format (seed 003), plus the event id.
@@ -268,7 +291,7 @@ async fn publish_cow(
 
     let routes: Vec<Route> = sqlx::query_as(
         "SELECT id, events, filter, active, payload_format, max_batch_size,
-                rate_limit_per_second IS NOT NULL AS rate_limited
+                rate_limit_per_second IS NOT NULL AS rate_limited, ordering = 'per_key' AS per_key
            FROM webhooks WHERE org_id = $1 AND deleted_at IS NULL",
     )
     .bind(org_id)
@@ -292,12 +315,10 @@ async fn publish_cow(
         ev_names.push(event.event.clone());
         ev_keys.push(event.idempotency_key.clone());
         ev_sources.push(event.source_id);
-        ev_order.push(
-            event
-                .ordering_key
-                .clone()
-                .or_else(|| default_ordering_key(&event.event, &event.data)),
-        );
+        let ordering_key = event
+            .ordering_key
+            .clone()
+            .or_else(|| default_ordering_key(&event.event, &event.data));
         let mut count = 0;
         let mut handed_off = 0;
         for route in &routes {
@@ -322,6 +343,7 @@ async fn publish_cow(
                                 org_id,
                                 webhook_id: route.id,
                                 max_attempts,
+                                sendable: None,
                             });
                             handed_off += 1;
                             "running"
@@ -333,10 +355,14 @@ async fn publish_cow(
                     deliveries.event_ids.push(id);
                     deliveries.states.push(state);
                     deliveries.formats.push(route.payload_format.clone());
+                    deliveries
+                        .ordering_keys
+                        .push(ordering_key.clone().filter(|_| route.per_key));
                 }
                 count += 1;
             }
         }
+        ev_order.push(ordering_key);
         answers[i] = Some(Published {
             id,
             deliveries: count,
@@ -367,11 +393,28 @@ async fn publish_cow(
         lease,
     )
     .await;
-    if let Err(err) = inserted {
-        if let Some(h) = handoff {
-            h.release(&handed);
+    let mut sendables = match inserted {
+        Ok(sendables) => sendables,
+        Err(err) => {
+            if let Some(h) = handoff {
+                h.release(&handed);
+            }
+            return Err(err.into());
         }
-        return Err(err.into());
+    };
+    // A delivery reserved for the local worker that turned out to wait behind its key's head was
+    // inserted `queued`: its room goes back. The others come with what sending them needs.
+    if handed.len() != sendables.len() {
+        let (kept, waiting): (Vec<_>, Vec<_>) = handed
+            .into_iter()
+            .partition(|h| sendables.contains_key(&h.delivery_id));
+        if let Some(h) = handoff {
+            h.release(&waiting);
+        }
+        handed = kept;
+    }
+    for job in &mut handed {
+        job.sendable = sendables.remove(&job.delivery_id);
     }
 
     for (i, _) in &fresh {
@@ -412,6 +455,8 @@ struct DeliveryRows {
     event_ids: Vec<Uuid>,
     states: Vec<&'static str>,
     formats: Vec<String>,
+    /// For deliveries of `per_key` webhooks, their event's ordering key: they join its queue.
+    ordering_keys: Vec<Option<String>>,
 }
 
 /// One (event, batching webhook) item per index.
@@ -453,6 +498,12 @@ async fn batchable_types(
 /// its own (so a publish without idempotency keys needs no transaction). Each delivery's body is built by PostgreSQL from its event, so the data crosses
 /// the wire once however wide the fan-out. Jobs handed off (state `running`) are leased to
 /// `lease`'s worker as attempt 1, their lease counted from the publish time.
+///
+/// Deliveries with an ordering key (`per_key` webhooks) join their key's queue
+/// ([`crate::ordering`]): the key's row is upserted (sorted, so publishers of several keys
+/// cannot deadlock), which hands out their places in publish order and tells whether the first
+/// of them is the key's head. Only the head keeps its state (`available`, `running` or
+/// `parked`); the others are inserted `queued`. Returns the deliveries inserted `running`.
 #[allow(clippy::too_many_arguments)]
 async fn insert_all(
     conn: &mut PgConnection,
@@ -463,9 +514,15 @@ async fn insert_all(
     deliveries: &DeliveryRows,
     batched: &BatchRows,
     lease: Option<(&str, std::time::Duration)>,
-) -> Result<(), sqlx::Error> {
+) -> Result<HashMap<Uuid, Sendable>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        delivery_id: Uuid,
+        #[sqlx(flatten)]
+        sendable: Sendable,
+    }
     let (claimer, lease) = lease.unwrap_or(("", std::time::Duration::ZERO));
-    sqlx::query(
+    let rows: Vec<Row> = sqlx::query_as(concat!(
         "WITH ev AS (
              INSERT INTO events (id, org_id, event, data, idempotency_key, source_id, ordering_key, created_at)
              SELECT id, $1, event, data, key, source, ordering, $7
@@ -484,23 +541,41 @@ async fn insert_all(
                     'pending', ev.ordering_key, $7
                FROM unnest($9::uuid[], $10::uuid[], $11::uuid[], $14::text[]) AS t(id, webhook, event_id, format)
                JOIN ev ON ev.id = t.event_id
-             RETURNING id),
+             RETURNING id, webhook_id, event, payload),
+         jobs AS (
+             SELECT t.id, t.webhook_id, t.state, t.okey,
+                    row_number() OVER (PARTITION BY t.webhook_id, t.okey ORDER BY t.ord) AS place,
+                    count(*) OVER (PARTITION BY t.webhook_id, t.okey) AS n
+               FROM unnest($9::uuid[], $10::uuid[], $12::text[], $21::text[]) WITH ORDINALITY
+                    AS t(id, webhook_id, state, okey, ord)),
+         ",
+        crate::ordering::key_queue_ctes!(),
+        ",
          jb AS (
              INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, state, max_attempts, scheduled_at, created_at,
-                                        attempt, lease_expires_at, claimed_by)
-             SELECT id, $1, webhook, state, $13, $7, $7,
-                    CASE WHEN state = 'running' THEN 1 ELSE 0 END,
-                    CASE WHEN state = 'running' THEN $7 + make_interval(secs => $19) END,
-                    CASE WHEN state = 'running' THEN $20 END
-               FROM unnest($9::uuid[], $10::uuid[], $12::text[]) AS t(id, webhook, state)
-             RETURNING state),
+                                        attempt, lease_expires_at, claimed_by, ordering_key, key_seq)
+             SELECT id, $1, webhook_id, queue_state, $13, $7, $7,
+                    CASE WHEN queue_state = 'running' THEN 1 ELSE 0 END,
+                    CASE WHEN queue_state = 'running' THEN $7 + make_interval(secs => $19) END,
+                    CASE WHEN queue_state = 'running' THEN $20 END,
+                    okey, seq
+               FROM placed
+             RETURNING delivery_id, state),
          bi AS (
              INSERT INTO batch_items (org_id, webhook_id, event, created_at, event_id)
              SELECT $1, t.webhook, t.event, $7, t.event_id
                FROM unnest($15::uuid[], $16::text[], $17::uuid[]) AS t(webhook, event, event_id)
              RETURNING 1)
-         SELECT 1",
-    )
+         -- The deliveries leased to the local worker, with what sending them needs: it starts
+         -- at once, without loading them again.
+         SELECT dl.id AS delivery_id, dl.event, dl.payload, w.url, w.sealed_url, w.headers,
+                w.sealed_headers, w.payload_format, w.active AND w.deleted_at IS NULL AS active, w.secret,
+                CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
+                w.rate_limit_per_second IS NOT NULL AS rate_limited
+           FROM jb JOIN dl ON dl.id = jb.delivery_id
+           JOIN webhooks w ON w.org_id = $1 AND w.id = dl.webhook_id
+          WHERE jb.state = 'running'"
+    ))
     .bind(org_id)
     .bind(ev_ids)
     .bind(ev_names)
@@ -521,9 +596,13 @@ async fn insert_all(
     .bind(ev_order)
     .bind(lease.as_secs_f64())
     .bind(claimer)
-    .execute(&mut *conn)
+    .bind(&deliveries.ordering_keys)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.delivery_id, r.sendable))
+        .collect())
 }
 
 /// Wakes the delivery workers of every process: a NOTIFY on [`JOBS_CHANNEL`]. Call it after the

@@ -177,6 +177,9 @@ async fn store_leasing(
             orgs.push(p.org_id);
         }
     }
+    // Always the same order: each organization's publish locks its ordering keys' rows until
+    // the commit, so two groups taking them in opposite orders could deadlock.
+    orgs.sort_unstable();
     let mut answers: Vec<Option<Published>> = vec![None; group.len()];
     let mut publish_org = async |conn: &mut sqlx::PgConnection, org_id: Uuid| {
         let (places, events): (Vec<usize>, Vec<NewEvent>) = group

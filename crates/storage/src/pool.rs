@@ -59,9 +59,11 @@ pub async fn wait_until_reachable(pool: &PgPool, timeout: Duration) -> crate::Re
     }
 }
 
-/// Applies pending migrations. Safe to run from several processes at once: sqlx takes an
-/// advisory lock.
+/// Applies pending migrations, then, on Citus, distributes what they created
+/// ([`crate::distribution`]). Safe to run from several processes at once: sqlx and the
+/// distribution each take an advisory lock.
 pub async fn migrate(pool: &PgPool) -> crate::Result<()> {
     MIGRATOR.run(pool).await?;
+    crate::distribution::distribute_if_citus(pool).await?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{Acquire, PgConnection, PgExecutor, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::events::{NewEvent, PublishError, publish_owned_with_ids};
@@ -78,8 +78,10 @@ fn pull_token_context(id: Uuid) -> String {
     format!("source-pull:{id}")
 }
 
-pub async fn create(
-    db: impl PgExecutor<'_>,
+/// Creates a source, and its row in `source_routes` (what its ingest URL is resolved by) in the
+/// same transaction.
+pub async fn create<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
     secrets: &SecretBox,
     org_id: Uuid,
     new: &NewSource,
@@ -91,7 +93,13 @@ pub async fn create(
         .as_ref()
         .map(|p| secrets.seal(&pull_token_context(id), &p.api_token))
         .transpose()?;
-    Ok(sqlx::query_as(concat!(
+    let mut tx = db.begin().await?;
+    sqlx::query("INSERT INTO source_routes (source_id, org_id) VALUES ($1, $2)")
+        .bind(id)
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+    let source = sqlx::query_as(concat!(
         "INSERT INTO sources (id, org_id, kind, name, event_type, secret, ip_allowlist,
                               pull_base_url, pull_hubble_org_id, pull_api_token, pull_next_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7::text[]::cidr[], $8, $9, $10, CASE WHEN $8 IS NOT NULL THEN now() END)
@@ -108,8 +116,10 @@ pub async fn create(
     .bind(new.pull.as_ref().map(|p| p.base_url.as_str()))
     .bind(new.pull.as_ref().map(|p| p.hubble_org_id.as_str()))
     .bind(pull_token)
-    .fetch_one(db)
-    .await?)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(source)
 }
 
 pub async fn get(db: impl PgExecutor<'_>, org_id: Uuid, id: Uuid) -> crate::Result<Source> {
@@ -233,20 +243,29 @@ pub struct IngestTarget {
     pub secret: String,
 }
 
+pub(crate) const INGEST_TARGET: &str = concat!(
+    "SELECT secret, ",
+    columns!(),
+    " FROM sources WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL"
+);
+
+/// Two lookups, so that on Citus the second reads one shard: the source's organization (a
+/// reference table), then the source within it.
 pub async fn ingest_target(
-    db: impl PgExecutor<'_>,
+    db: &PgPool,
     secrets: &SecretBox,
     id: Uuid,
 ) -> crate::Result<IngestTarget> {
-    let (source, sealed): (Source, String) = {
-        let row: SourceWithSecret = sqlx::query_as(concat!(
-            "SELECT secret, ",
-            columns!(),
-            " FROM sources WHERE id = $1 AND deleted_at IS NULL"
-        ))
+    let org_id: Uuid = sqlx::query_scalar("SELECT org_id FROM source_routes WHERE source_id = $1")
         .bind(id)
         .fetch_one(db)
         .await?;
+    let (source, sealed): (Source, String) = {
+        let row: SourceWithSecret = sqlx::query_as(INGEST_TARGET)
+            .bind(org_id)
+            .bind(id)
+            .fetch_one(db)
+            .await?;
         (row.source, row.secret)
     };
     let secret = secrets.open(&secret_context(source.id), &sealed)?;
@@ -384,6 +403,19 @@ pub async fn record_packets<'p>(
     })
 }
 
+/// How many due pulls one claim considers: more than one, so that losing a race to another
+/// claimer rarely leaves a worker idle for a poll interval.
+const PULL_CANDIDATES: i64 = 4;
+
+/// Leases one source's pull if it is still due and unleased.
+pub(crate) const LEASE_PULL: &str =
+    "UPDATE sources SET pull_lease_expires_at = now() + make_interval(secs => $3)
+  WHERE org_id = $1 AND id = $2 AND pull_base_url IS NOT NULL AND deleted_at IS NULL
+    AND pull_next_at <= now()
+    AND (pull_lease_expires_at IS NULL OR pull_lease_expires_at < now())
+  RETURNING org_id, id, pull_base_url, pull_hubble_org_id, pull_api_token,
+            pull_continuation_token, pull_failures, pull_path";
+
 /// A Hubble pull that is due, leased to one worker.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PullJob {
@@ -406,32 +438,44 @@ pub struct PullJob {
 /// cannot fill every poll slot. Concurrent claimers may both see the same count and overshoot
 /// the cap by one each; it is a fairness bound, not a lock.
 pub async fn claim_pull(
-    db: impl PgExecutor<'_>,
+    db: &PgPool,
     secrets: &SecretBox,
     lease: std::time::Duration,
     per_org_cap: u32,
 ) -> crate::Result<Option<PullJob>> {
-    let job: Option<PullJob> = sqlx::query_as(
+    // The pick reads without locking, and each lease is a conditional update of one source
+    // (one shard on Citus, which refuses FOR UPDATE across shards): a concurrent claimer that
+    // leased the same source first makes the update find it leased, and the next candidate is
+    // tried.
+    let candidates: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "WITH busy AS (
              SELECT org_id, count(*) AS leased FROM sources
               WHERE pull_base_url IS NOT NULL AND deleted_at IS NULL
                 AND pull_lease_expires_at >= now()
               GROUP BY org_id)
-         UPDATE sources s SET pull_lease_expires_at = now() + make_interval(secs => $1)
-          WHERE s.id = (SELECT c.id FROM sources c LEFT JOIN busy b ON b.org_id = c.org_id
-                         WHERE c.pull_base_url IS NOT NULL AND c.deleted_at IS NULL
-                           AND c.pull_next_at <= now()
-                           AND (c.pull_lease_expires_at IS NULL OR c.pull_lease_expires_at < now())
-                           AND COALESCE(b.leased, 0) < $2
-                         ORDER BY COALESCE(b.leased, 0), c.pull_next_at LIMIT 1
-                         FOR UPDATE OF c SKIP LOCKED)
-      RETURNING s.org_id, s.id, s.pull_base_url, s.pull_hubble_org_id, s.pull_api_token,
-                s.pull_continuation_token, s.pull_failures, s.pull_path",
+         SELECT c.org_id, c.id FROM sources c LEFT JOIN busy b ON b.org_id = c.org_id
+          WHERE c.pull_base_url IS NOT NULL AND c.deleted_at IS NULL
+            AND c.pull_next_at <= now()
+            AND (c.pull_lease_expires_at IS NULL OR c.pull_lease_expires_at < now())
+            AND COALESCE(b.leased, 0) < $1
+          ORDER BY COALESCE(b.leased, 0), c.pull_next_at LIMIT $2",
     )
-    .bind(lease.as_secs_f64())
     .bind(i64::from(per_org_cap))
-    .fetch_optional(db)
+    .bind(PULL_CANDIDATES)
+    .fetch_all(db)
     .await?;
+    let mut job: Option<PullJob> = None;
+    for (org_id, id) in candidates {
+        job = sqlx::query_as(LEASE_PULL)
+            .bind(org_id)
+            .bind(id)
+            .bind(lease.as_secs_f64())
+            .fetch_optional(db)
+            .await?;
+        if job.is_some() {
+            break;
+        }
+    }
     job.map(|mut job| {
         job.pull_api_token = secrets.open(&pull_token_context(job.id), &job.pull_api_token)?;
         Ok(job)

@@ -39,6 +39,8 @@ pub struct Webhook {
     pub signature_scheme: String,
     /// `whpk_…` of the current key pair, for `ed25519` webhooks.
     pub public_key: Option<String>,
+    /// `none` or `per_key` ([`crate::ordering`]).
+    pub ordering: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -56,7 +58,7 @@ macro_rules! columns {
     () => {
         "id, org_id, url, events, description, active, metadata, headers, filter, max_batch_size,
          payload_format, rate_limit_per_second, health_status, consecutive_failures, disabled_reason,
-         previous_secret_expires_at, signature_scheme, public_key, created_at, updated_at"
+         previous_secret_expires_at, signature_scheme, public_key, ordering, created_at, updated_at"
     };
 }
 
@@ -78,6 +80,8 @@ pub struct NewWebhook {
     pub max_batch_size: i32,
     pub payload_format: String,
     pub rate_limit_per_second: Option<i32>,
+    /// `none` or `per_key`.
+    pub ordering: String,
 }
 
 /// The associated data a webhook's secrets are sealed with.
@@ -98,8 +102,8 @@ pub async fn create(
     Ok(sqlx::query_as(concat!(
         "INSERT INTO webhooks (id, org_id, url, events, description, active, secret, metadata, headers,
                                filter, max_batch_size, payload_format, rate_limit_per_second,
-                               sealed_url, sealed_headers, signature_scheme, public_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING ",
+                               sealed_url, sealed_headers, signature_scheme, public_key, ordering)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING ",
         columns!()
     ))
     .bind(id)
@@ -119,6 +123,7 @@ pub async fn create(
     .bind(sealed_headers)
     .bind(&new.signature_scheme)
     .bind(new.public_key.as_deref())
+    .bind(&new.ordering)
     .fetch_one(db)
     .await?)
 }
@@ -188,6 +193,8 @@ pub struct WebhookChanges {
     pub max_batch_size: Option<i32>,
     pub payload_format: Option<String>,
     pub rate_limit_per_second: Option<Option<i32>>,
+    /// Applies to deliveries created from then on: those already queued keep their order.
+    pub ordering: Option<String>,
 }
 
 /// Applies `changes`. `active: true` re-activates: health is reset and the deliveries parked while
@@ -226,7 +233,8 @@ pub async fn update(
             rate_limit_per_second = CASE WHEN $14 THEN $15 ELSE rate_limit_per_second END,
             health_status = CASE WHEN $16 THEN 'healthy' ELSE health_status END,
             consecutive_failures = CASE WHEN $16 THEN 0 ELSE consecutive_failures END,
-            disabled_reason = CASE WHEN $16 THEN NULL ELSE disabled_reason END
+            disabled_reason = CASE WHEN $16 THEN NULL ELSE disabled_reason END,
+            ordering = COALESCE($19, ordering)
          WHERE org_id = $1 AND id = $2 AND deleted_at IS NULL
          RETURNING ",
         columns!()
@@ -249,6 +257,7 @@ pub async fn update(
     .bind(reactivate)
     .bind(url.as_ref().and_then(|(_, sealed)| sealed.as_deref()))
     .bind(headers.as_ref().and_then(|(_, sealed)| sealed.as_deref()))
+    .bind(changes.ordering.as_deref())
     .fetch_one(&mut *conn)
     .await?;
     if reactivate {
@@ -288,6 +297,12 @@ pub async fn delete(conn: &mut PgConnection, org_id: Uuid, id: Uuid) -> crate::R
         return Err(StorageError::NotFound);
     }
     sqlx::query("DELETE FROM delivery_jobs WHERE org_id = $1 AND webhook_id = $2")
+        .bind(org_id)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    // Its ordering keys' queues went with its jobs.
+    sqlx::query("DELETE FROM delivery_key_queues WHERE org_id = $1 AND webhook_id = $2")
         .bind(org_id)
         .bind(id)
         .execute(&mut *conn)

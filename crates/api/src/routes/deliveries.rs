@@ -86,6 +86,9 @@ pub struct DeliveryOut {
     pub last_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// Its event's ordering key (null for a batch and for events without one). For a `per_key`
+    /// webhook, deliveries sharing it are sent one at a time, in publish order.
+    pub ordering_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Only on GET /deliveries/{id}.
@@ -110,6 +113,7 @@ impl From<deliveries::Delivery> for DeliveryOut {
             last_error: d.last_error,
             next_attempt_at: d.next_attempt_at,
             delivered_at: d.delivered_at,
+            ordering_key: d.ordering_key,
             created_at: d.created_at,
             updated_at: d.updated_at,
             attempts: None,
@@ -349,7 +353,7 @@ pub async fn test(
         .map_err(|e| ApiError::Internal(Box::new(e)))?;
     let mut work = work.pop().ok_or(ApiError::NotFound("webhook"))?;
     // A test goes out even to a paused webhook: that is how its owner checks it before resuming.
-    work.active = true;
+    work.sendable.active = true;
     // The receiver may take the whole delivery timeout: that wait is not database work.
     crate::admission::release(&req);
     let record = hookrelay_queue::attempt_now(

@@ -154,7 +154,7 @@ async fn target(
     let peer = req.peer_addr().map(|a| a.ip());
     if !blocks.is_empty() && !peer.is_some_and(|ip| hookrelay_ingest::allowed(&blocks, ip)) {
         tracing::warn!(source_id = %id, ?peer, "ingest refused: address not in the allowlist");
-        return Err(ApiError::Forbidden(
+        return Err(ApiError::ForbiddenBecause(
             "this source does not accept requests from your address".into(),
         ));
     }
@@ -345,7 +345,9 @@ pub async fn signed_push(
 
 /// Seed 002's verification endpoint: how to call this signed source.
 #[utoipa::path(tag = "ingest", params(("source_id" = Uuid, Path)),
-    responses((status = 200, body = VerifyOut), (status = 404, body = crate::problem::Problem)))]
+    responses((status = 200, body = VerifyOut),
+              (status = 403, body = crate::problem::Problem, description = "the caller's address is not in the source's allowlist"),
+              (status = 404, body = crate::problem::Problem)))]
 #[get("/ingest/{source_id}/verify")]
 pub async fn verify(
     state: web::Data<ApiState>,

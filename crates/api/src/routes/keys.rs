@@ -250,7 +250,8 @@ pub struct ListKeysQuery {
     pub cursor: Option<String>,
 }
 
-/// Lists the organization's keys, newest first (never their tokens).
+/// Lists the organization's live and expired keys, newest first (never their tokens); revoked
+/// keys are gone from the API.
 #[utoipa::path(context_path = "/api/v1", tag = "keys", security(("api_key" = ["api_keys:read"])), params(ListKeysQuery),
     responses((status = 200, body = ListResponse<KeyOut>), (status = 400, body = crate::problem::Problem),
               (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem)))]
@@ -262,14 +263,14 @@ pub async fn list(
 ) -> ApiResult<web::Json<ListResponse<KeyOut>>> {
     caller.require("api_keys:read")?;
     let page = page_request(query.limit, query.cursor.as_deref())?;
-    let page = api_keys::list(&state.pool, caller.org_id(), &page).await?;
+    let page = api_keys::list(&state.pool, caller.org_id(), &page, false).await?;
     Ok(web::Json(ListResponse {
         data: page.data.into_iter().map(Into::into).collect(),
         next_cursor: page.next_cursor,
     }))
 }
 
-/// One key.
+/// One key; 404 once it is revoked.
 #[utoipa::path(context_path = "/api/v1", tag = "keys", security(("api_key" = ["api_keys:read"])), params(("id" = Uuid, Path)),
     responses((status = 200, body = KeyOut), (status = 401, body = crate::problem::Problem),
               (status = 403, body = crate::problem::Problem), (status = 404, body = crate::problem::Problem)))]

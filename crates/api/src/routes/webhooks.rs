@@ -86,6 +86,26 @@ fn no_secret_for_ed25519() -> FieldError {
     )
 }
 
+/// Whether deliveries sharing an ordering key wait for each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Every delivery goes as soon as the endpoint has room; retries never hold others back.
+    None,
+    /// Deliveries sharing an ordering key go one at a time, in publish order: a retrying one holds
+    /// back the later ones of its key (only) until it ends. Batches go one at a time, in order.
+    PerKey,
+}
+
+impl Ordering {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::PerKey => "per_key",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
@@ -130,6 +150,8 @@ pub struct WebhookOut {
     #[schema(value_type = PayloadFormat)]
     pub payload_format: String,
     pub rate_limit_per_second: Option<i32>,
+    #[schema(value_type = Ordering)]
+    pub ordering: String,
     #[schema(value_type = HealthStatus)]
     pub health_status: String,
     pub consecutive_failures: i32,
@@ -157,6 +179,7 @@ impl From<webhooks::Webhook> for WebhookOut {
             max_batch_size: w.max_batch_size,
             payload_format: w.payload_format,
             rate_limit_per_second: w.rate_limit_per_second,
+            ordering: w.ordering,
             health_status: w.health_status,
             consecutive_failures: w.consecutive_failures,
             disabled_reason: w.disabled_reason,
@@ -196,6 +219,9 @@ pub struct CreateWebhook {
     #[serde(default, deserialize_with = "integer")]
     #[schema(minimum = 1, maximum = 10000)]
     pub rate_limit_per_second: Option<i32>,
+    /// `none` (default) or `per_key`: deliveries sharing an ordering key go one at a time, in
+    /// publish order.
+    pub ordering: Option<Ordering>,
 }
 
 /// Creates a webhook. The answer carries its secret (an `ed25519` webhook's: its `public_key`,
@@ -306,6 +332,7 @@ pub async fn create(
             .as_str()
             .to_owned(),
         rate_limit_per_second: rate_limit,
+        ordering: body.ordering.unwrap_or(Ordering::None).as_str().to_owned(),
     };
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     limits::make_room(
@@ -411,6 +438,9 @@ pub struct UpdateWebhook {
     #[serde(default, deserialize_with = "nullable_integer")]
     #[schema(value_type = Option<i32>, minimum = 1, maximum = 10000)]
     pub rate_limit_per_second: Option<Option<i32>>,
+    /// `none` or `per_key`. Applies to deliveries created from then on; those already waiting
+    /// keep the order they were queued in.
+    pub ordering: Option<Ordering>,
     /// Fixed at creation: the webhook's own scheme is accepted (no change), another is a 422
     /// (create a new webhook to change schemes, so receivers switch knowingly).
     pub signature_scheme: Option<SignatureScheme>,
@@ -530,6 +560,7 @@ pub async fn update(
         max_batch_size,
         payload_format: body.payload_format.map(|f| f.as_str().to_owned()),
         rate_limit_per_second,
+        ordering: body.ordering.map(|o| o.as_str().to_owned()),
     };
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     let webhook = webhooks::update(&mut tx, &state.secrets, caller.org_id(), *id, &changes)

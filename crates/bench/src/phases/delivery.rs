@@ -54,6 +54,19 @@ pub async fn drain_beside_others(
     window: Duration,
 ) -> anyhow::Result<Drain> {
     let backlog = fill_backlog(&mut *svc.pool.acquire().await?, org, backlog).await?;
+    drain_queued(svc, rx, org, backlog, window).await
+}
+
+/// Starts in-process workers on what `org` has queued (`backlog` deliveries, nothing else
+/// queued) and counts what the receiver gets for `window` (or until the backlog is gone);
+/// leaves the queue empty.
+pub async fn drain_queued(
+    svc: &Service,
+    rx: &Receiver,
+    org: Uuid,
+    backlog: i64,
+    window: Duration,
+) -> anyhow::Result<Drain> {
     checkpoint(&svc.pool).await;
     let sent_before = count_sent(&svc.pool, org).await;
     // Progress is read from the receiver's own counter: polling a count(*) over the

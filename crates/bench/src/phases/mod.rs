@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod history;
 pub mod latency;
 pub mod memory;
+pub mod ordered;
 pub mod publish;
 pub mod scale;
 pub mod sustained;
@@ -25,6 +26,7 @@ pub const ALL: &[&str] = &[
     "sustained",
     "delivery",
     "fanout",
+    "ordered",
     "memory",
     "scale",
     "history",
