@@ -6,7 +6,6 @@ use hookrelay_tests::{
     api_only, assert_every_request_recorded, delivery_statuses, eventually,
     spawn_hookrelay as process, spawn_worker as worker,
 };
-use reqwest::Method;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,13 +22,7 @@ async fn a_worker_killed_mid_delivery_loses_nothing() {
     let batch: Vec<_> = (0..20)
         .map(|i| json!({"event": "user.created", "data": {"i": i}}))
         .collect();
-    let resp = app
-        .req(Method::POST, "/api/v1/events/batch", &org.token)
-        .json(&json!({"events": batch}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    app.publish_batch(&org.token, batch).await;
 
     let settings = [
         ("HOOKRELAY_LEASE", "3s"),
@@ -180,13 +173,7 @@ async fn two_workers_drain_1000_deliveries_without_duplicates() {
         let batch: Vec<_> = (0..500)
             .map(|i| json!({"event": "user.created", "data": {"chunk": chunk, "i": i}}))
             .collect();
-        let resp = app
-            .req(Method::POST, "/api/v1/events/batch", &org.token)
-            .json(&json!({"events": batch}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
+        app.publish_batch(&org.token, batch).await;
     }
     let mut a = worker(&app, &[]);
     let mut b = worker(&app, &[]);
@@ -228,13 +215,7 @@ async fn two_workers_refilling_one_endpoint_stay_within_its_cap() {
     let batch: Vec<_> = (0..400)
         .map(|i| json!({"event": "user.created", "data": {"i": i}}))
         .collect();
-    let resp = app
-        .req(Method::POST, "/api/v1/events/batch", &org.token)
-        .json(&json!({"events": batch}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    app.publish_batch(&org.token, batch).await;
     let cap = [("HOOKRELAY_ENDPOINT_CONCURRENCY", "4")];
     let mut a = worker(&app, &cap);
     let mut b = worker(&app, &cap);
@@ -269,13 +250,7 @@ async fn a_claim_that_raced_past_the_cap_gives_the_excess_back() {
     let batch: Vec<_> = (0..8)
         .map(|i| json!({"event": "user.created", "data": {"i": i}}))
         .collect();
-    let resp = app
-        .req(Method::POST, "/api/v1/events/batch", &org.token)
-        .json(&json!({"events": batch}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    app.publish_batch(&org.token, batch).await;
     let pool = &app.db.pool;
     let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
         "SELECT delivery_id FROM delivery_jobs WHERE webhook_id = $1 ORDER BY scheduled_at",
