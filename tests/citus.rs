@@ -190,11 +190,18 @@ async fn tenants_keys_webhooks_publish_and_hubble_ingest_work_on_citus() {
     app.stop().await;
 }
 
+/// Statements of one organization with `INSERT … SELECT FROM unnest(…)` steps, which Citus
+/// pulls through the coordinator (their rows all land on the organization's shard; the other
+/// steps run on it).
+const THROUGH_THE_COORDINATOR: &[&str] =
+    &["lease rescue of one organization", "batch flush", "publish"];
+
 /// The statements of delivery on Citus (`Layout::ByOrganization`), each meant for one shard:
 /// the per-organization claim, the refill, the load, parking, the record's statements and the
-/// ordering release, and publish's insert. The record's attempt rows and metrics rollup are
-/// not here: they are `INSERT … SELECT FROM unnest(…)`, which Citus pulls through the
-/// coordinator (docs/decisions.md).
+/// ordering release; and publish's statement (see [`THROUGH_THE_COORDINATOR`]). The record's
+/// attempt rows and metrics rollup are not here: the one-PostgreSQL statements, run per
+/// organization, `INSERT … SELECT FROM unnest(…)` pulled through the coordinator
+/// (docs/decisions.md).
 fn delivery_statements() -> Vec<SingleShardStatement> {
     use hookrelay_queue::jobs::{self, by_organization as org};
     vec![
@@ -342,6 +349,18 @@ async fn statements_of_one_organization_run_on_one_shard() {
             "{}: {}\n{plan}",
             statement.name,
             statement.sql
+        );
+        // An `INSERT … SELECT` Citus pulls through the coordinator prints no task count of its
+        // own: without this, such a step would pass unseen.
+        // An `INSERT … SELECT FROM unnest(…)` step is pulled through the coordinator, which
+        // then writes the rows to the organization's shard; such a step prints no task count of
+        // its own, so it is checked here: only the statements known to have one may
+        // (docs/decisions.md), and one that loses it must leave the list.
+        assert_eq!(
+            plan.contains("pull to coordinator"),
+            THROUGH_THE_COORDINATOR.contains(&statement.name),
+            "{}: whether a step is pulled through the coordinator\n{plan}",
+            statement.name
         );
     }
     drop(conn);
@@ -860,5 +879,77 @@ async fn seed_003_ops_queries_run_unchanged_on_citus() {
         .await
         .unwrap();
     assert_eq!(failed.len(), 1, "only the delivery answered with a 500");
+    app.stop().await;
+}
+
+/// Two worker processes serving one endpoint on Citus keep to its in-flight cap together (the
+/// claim's and the refill's advisory locks, taken on the coordinator, and their counts on the
+/// organization's shard), and send each delivery once.
+#[tokio::test]
+async fn two_workers_keep_one_endpoint_within_its_cap_on_citus() {
+    let Some(coordinator) = cluster_url() else {
+        return;
+    };
+    let app = app_on_citus(&coordinator, Roles::API, &[]).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::slow(Duration::from_millis(15)));
+    let n = backlog(&app, &rx, 1, 1, 200).await;
+    let cap = [("HOOKRELAY_ENDPOINT_CONCURRENCY", "4")];
+    let mut a = worker(&app, &cap);
+    let mut b = worker(&app, &cap);
+    let done = all_sent(&app, n as i64, Duration::from_secs(60)).await;
+    for w in [&mut a, &mut b] {
+        w.start_kill().unwrap();
+        let _ = w.wait().await;
+    }
+    assert!(done, "{:?}", delivery_statuses(&app.db.pool).await);
+    let duplicates = assert_every_request_recorded(&app.db.pool, &rx.hits(), n).await;
+    assert_eq!(duplicates, 0, "each sent once");
+    // Reaching the cap shows the endpoint was kept full; passing it would break the contract.
+    assert_eq!(rx.most_in_flight(), 4, "requests in flight at once");
+    app.stop().await;
+}
+
+/// `rate_limit_per_second` holds on Citus: the claim counts each second's requests in the
+/// webhook's send window on its shard.
+#[tokio::test]
+async fn a_rate_limited_webhook_keeps_its_rate_on_citus() {
+    let Some(coordinator) = cluster_url() else {
+        return;
+    };
+    let app = app_on_citus(
+        &coordinator,
+        Roles::SERVE,
+        &[("HOOKRELAY_ORG_RATE_LIMIT", "0")],
+    )
+    .await;
+    let org = app.create_org("rate limited").await;
+    let rx = Receiver::start().await;
+    app.create_webhook(
+        &org,
+        json!({"url": rx.url, "events": ["device.online"], "rate_limit_per_second": 5}),
+    )
+    .await;
+    let events = (0..15)
+        .map(|i| json!({"event": "device.online", "data": {"i": i}}))
+        .collect();
+    app.publish_batch(&org.token, events).await;
+    let hits = rx.wait_for(15, Duration::from_secs(15)).await;
+    assert_eq!(hits.len(), 15, "every delivery arrives");
+    // 5 per one-second window: 15 need three windows, so the first and last are over 1 s apart,
+    // and no sliding second holds more than two windows' worth.
+    let span = hits[14].at.duration_since(hits[0].at);
+    assert!(
+        span > Duration::from_secs(1),
+        "15 at 5/s arrived within {span:?}"
+    );
+    for (i, hit) in hits.iter().enumerate() {
+        let in_second = hits[i..]
+            .iter()
+            .filter(|h| h.at.duration_since(hit.at) < Duration::from_secs(1))
+            .count();
+        assert!(in_second <= 10, "{in_second} requests within one second");
+    }
+    assert!(all_sent(&app, 15, Duration::from_secs(5)).await);
     app.stop().await;
 }
