@@ -953,3 +953,78 @@ async fn a_rate_limited_webhook_keeps_its_rate_on_citus() {
     assert!(all_sent(&app, 15, Duration::from_secs(5)).await);
     app.stop().await;
 }
+
+/// A failing webhook is deactivated on Citus by the record's per-organization statements (its
+/// reason written by the worker: Citus refuses `format()` in the statement's `CASE`), and its
+/// organization gets a `webhook.disabled` event: after consecutive failures, and at once on 410.
+#[tokio::test]
+async fn failing_webhooks_are_deactivated_with_their_reason_on_citus() {
+    let Some(coordinator) = cluster_url() else {
+        return;
+    };
+    let app = app_on_citus(
+        &coordinator,
+        Roles::SERVE,
+        &[
+            ("HOOKRELAY_RETRY_SCHEDULE", "1s,1s,1s"),
+            ("HOOKRELAY_DISABLE_AFTER_FAILURES", "2"),
+        ],
+    )
+    .await;
+    let failing = Receiver::start().await;
+    failing.set_default(Reply::status(500));
+    let gone = Receiver::start().await;
+    gone.set_default(Reply::status(410));
+    let acme = app.create_org("acme").await;
+    let globex = app.create_org("globex").await;
+    let failing_hook = app
+        .create_webhook(&acme, json!({"url": failing.url, "events": ["device.*"]}))
+        .await;
+    let gone_hook = app
+        .create_webhook(&globex, json!({"url": gone.url, "events": ["device.*"]}))
+        .await;
+    for org in [&acme, &globex] {
+        let (status, body) = app
+            .publish(&org.token, json!({"event": "device.online", "data": {}}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let pool = app.db.pool.clone();
+    let reason = |hook: &Value| {
+        let pool = pool.clone();
+        let id = uuid::Uuid::parse_str(hook["id"].as_str().unwrap()).unwrap();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT disabled_reason FROM webhooks WHERE id = $1 AND NOT active",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .flatten()
+        }
+    };
+    let disabled = eventually(Duration::from_secs(20), || async {
+        reason(&failing_hook).await.is_some() && reason(&gone_hook).await.is_some()
+    })
+    .await;
+    assert!(disabled, "{:?}", delivery_statuses(&pool).await);
+    assert_eq!(
+        reason(&failing_hook).await.as_deref(),
+        Some("2 consecutive failed attempts")
+    );
+    assert_eq!(
+        reason(&gone_hook).await.as_deref(),
+        Some("the endpoint answered 410 Gone")
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE event = 'webhook.disabled'"
+        )
+        .await,
+        2,
+        "each organization is told"
+    );
+    app.stop().await;
+}
