@@ -185,12 +185,25 @@ pub async fn build(
             .context("sealing webhook credentials stored before sealing existed")?;
     }
 
+    // On Citus every queue statement must name one organization (docs/decisions.md, issue 18).
+    let layout = if hookrelay_storage::distribution::citus_present(&pool)
+        .await
+        .context("checking for the citus extension")?
+    {
+        hookrelay_queue::Layout::ByOrganization
+    } else {
+        hookrelay_queue::Layout::Single
+    };
+    let settings = hookrelay_queue::WorkerSettings {
+        layout,
+        ..worker_settings(config)
+    };
     let mut registry = prometheus_client_registry();
     let workers = if roles.workers {
         Some(
             hookrelay_queue::Worker::new(
                 pool.clone(),
-                worker_settings(config),
+                settings.clone(),
                 secrets.clone(),
                 &mut registry,
             )
@@ -241,7 +254,7 @@ pub async fn build(
             api_settings(config),
             registry.clone(),
             shed,
-            worker_settings(config),
+            settings,
         );
         // `serve`: what this process's worker has room for skips the queue's round trips.
         let state = match &workers {

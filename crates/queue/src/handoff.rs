@@ -198,7 +198,7 @@ impl Handoff for LocalHandoff {
                     .into_iter()
                     .map(|j| claimed_job(j.delivery_id, j.org_id, j.webhook_id, j.max_attempts))
                     .collect();
-                match jobs::load(&ctx.pool, &claimed).await {
+                match jobs::load_in(ctx.settings.layout, &ctx.pool, &claimed).await {
                     Ok(loaded) => work.extend(loaded),
                     // Leased to us: the rescuer re-queues them when the lease runs out.
                     Err(err) => {

@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::QueueError;
 use crate::deliver::{BodyExcerpt, Outcome};
+use crate::{Layout, QueueError};
 use hookrelay_storage::events::Sendable;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -43,6 +43,9 @@ macro_rules! sendable_columns {
                 w.rate_limit_per_second IS NOT NULL AS rate_limited"
     };
 }
+
+// After `sendable_columns!`, which it uses (macros are scoped by their place in the text).
+pub mod by_organization;
 
 /// The claim statement ([`claim`]): `$1` limit, `$2` lease in seconds, `$3` worker, `$4` the
 /// per-endpoint cap, `$5`/`$6` the claimer's ended attempts (delivery ids and attempt numbers)
@@ -217,6 +220,45 @@ pub const TRIM: &str = "WITH taken AS (
       WHERE j.delivery_id = ANY(ARRAY(SELECT delivery_id FROM excess))
   RETURNING j.delivery_id";
 
+/// Claims like [`claim_beside_ended`] in the statements' shape for `layout`
+/// ([`by_organization::claim`] on Citus).
+pub async fn claim_in(
+    layout: Layout,
+    pool: &PgPool,
+    worker: &str,
+    limit: i64,
+    lease: Duration,
+    per_endpoint: i32,
+    ended: &[(Uuid, i32)],
+) -> Result<Vec<ClaimedJob>, QueueError> {
+    match layout {
+        Layout::Single => claim_beside_ended(pool, worker, limit, lease, per_endpoint, ended).await,
+        Layout::ByOrganization => {
+            by_organization::claim(pool, worker, limit, lease, per_endpoint, ended).await
+        }
+    }
+}
+
+/// [`load`] in the statements' shape for `layout` (one load per organization on Citus).
+pub async fn load_in(
+    layout: Layout,
+    pool: &PgPool,
+    jobs: &[ClaimedJob],
+) -> Result<Vec<Work>, QueueError> {
+    match layout {
+        Layout::Single => load(pool, jobs).await,
+        Layout::ByOrganization => by_organization::load(pool, jobs).await,
+    }
+}
+
+/// [`park`] in the statements' shape for `layout`.
+pub async fn park_in(layout: Layout, pool: &PgPool, jobs: &[ClaimedJob]) -> Result<(), QueueError> {
+    match layout {
+        Layout::Single => park(pool, jobs).await,
+        Layout::ByOrganization => by_organization::park(pool, jobs).await,
+    }
+}
+
 pub async fn load(pool: &PgPool, jobs: &[ClaimedJob]) -> Result<Vec<Work>, QueueError> {
     const LOAD: &str = concat!(
         "SELECT d.id AS delivery_id, d.org_id, d.webhook_id, c.attempt, j.max_attempts, ",
@@ -249,7 +291,7 @@ pub const REFILL: &str = concat!(
              SELECT LEAST($4, $6 - (SELECT count(*) FROM delivery_jobs r
                                      WHERE r.org_id = $1 AND r.webhook_id = $2 AND r.state = 'running')
                                  + (SELECT count(*) FROM unnest($7::uuid[], $8::int[]) AS e(id, attempt)
-                                      JOIN delivery_jobs j ON j.delivery_id = e.id AND j.attempt = e.attempt
+                                      JOIN delivery_jobs j ON j.org_id = $1 AND j.delivery_id = e.id AND j.attempt = e.attempt
                                      WHERE j.delivery_id = ANY($7) AND j.state = 'running'
                                        AND j.org_id = $1 AND j.webhook_id = $2)) AS n
               WHERE NOT EXISTS (SELECT 1 FROM webhooks
@@ -264,14 +306,16 @@ pub const REFILL: &str = concat!(
              UPDATE delivery_jobs j
                 SET state = 'running', attempt = j.attempt + 1,
                     lease_expires_at = now() + make_interval(secs => $5), claimed_by = $3
-              WHERE j.delivery_id = ANY(ARRAY(SELECT delivery_id FROM picked))
+              WHERE j.org_id = $1 AND j.delivery_id = ANY(ARRAY(SELECT delivery_id FROM picked))
           RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, j.max_attempts)
          SELECT c.delivery_id, c.org_id, c.webhook_id, c.attempt, c.max_attempts, ",
     sendable_columns!(),
     "
            FROM claimed c
-           JOIN webhook_deliveries d ON d.org_id = c.org_id AND d.id = c.delivery_id
-           JOIN webhooks w ON w.org_id = c.org_id AND w.id = c.webhook_id"
+           -- The organization as a constant on every table (not only through `c`): Citus routes
+           -- the statement to one shard only when each distributed table names it.
+           JOIN webhook_deliveries d ON d.org_id = $1 AND d.id = c.delivery_id
+           JOIN webhooks w ON w.org_id = $1 AND w.id = c.webhook_id"
 );
 
 /// Claims and loads, in one statement under the webhook's lock, more due work of one webhook
@@ -381,10 +425,54 @@ pub async fn record(
     records: &[Record],
     health: HealthPolicy,
 ) -> Result<usize, QueueError> {
+    record_in(Layout::Single, pool, records, health).await
+}
+
+/// [`record`] in the statements' shape for `layout`: one transaction either way; with
+/// [`Layout::ByOrganization`] each organization's records get statements of their own, filtered
+/// by it (so each runs on its shard on Citus), organizations taken in a fixed order so that two
+/// recorders lock their rows in the same order.
+pub async fn record_in(
+    layout: Layout,
+    pool: &PgPool,
+    records: &[Record],
+    health: HealthPolicy,
+) -> Result<usize, QueueError> {
     if records.is_empty() {
         return Ok(0);
     }
     let mut tx = pool.begin().await?;
+    let accepted = match layout {
+        Layout::Single => {
+            let all: Vec<&Record> = records.iter().collect();
+            record_group(&mut tx, &all, health, None).await?
+        }
+        Layout::ByOrganization => {
+            let mut groups: std::collections::BTreeMap<Uuid, Vec<&Record>> = Default::default();
+            for r in records {
+                groups.entry(r.job.org_id).or_default().push(r);
+            }
+            let mut accepted = 0;
+            for (org, group) in groups {
+                accepted += record_group(&mut tx, &group, health, Some(org)).await?;
+            }
+            accepted
+        }
+    };
+    tx.commit().await?;
+    Ok(accepted)
+}
+
+/// The statements of [`record_in`] for `records`: all of them (`org` none, the statements of
+/// one PostgreSQL) or those of organization `org` (the statements of
+/// [`by_organization`], which also bind what the others compute with `now()` or `format()` in a
+/// `CASE`, refused by Citus in a distributed modification).
+async fn record_group(
+    tx: &mut sqlx::PgConnection,
+    records: &[&Record],
+    health: HealthPolicy,
+    org: Option<Uuid>,
+) -> Result<usize, QueueError> {
     let n = records.len();
     let (mut ids, mut orgs, mut deliveries, mut webhooks, mut attempts) = (
         Vec::with_capacity(n),
@@ -402,7 +490,7 @@ pub async fn record(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for r in records {
+    for &r in records {
         ids.push(Uuid::now_v7());
         orgs.push(r.job.org_id);
         deliveries.push(r.job.delivery_id);
@@ -442,6 +530,7 @@ pub async fn record(
     let accepted: std::collections::HashSet<(Uuid, i32)> = accepted.into_iter().collect();
     let kept: Vec<&Record> = records
         .iter()
+        .copied()
         .filter(|r| accepted.contains(&(r.job.delivery_id, r.job.attempt)))
         .collect();
 
@@ -475,16 +564,23 @@ pub async fn record(
             _ => "available",
         })
         .collect();
-    sqlx::query(
-        "UPDATE webhook_deliveries d
+    let delivered: Vec<Option<DateTime<Utc>>> = kept
+        .iter()
+        .map(|r| (r.next == Next::Sent).then_some(now))
+        .collect();
+    let update = sqlx::query(match org {
+        None => {
+            "UPDATE webhook_deliveries d
             SET status = u.status, response_status = u.code, response_body = u.body,
                 response_body_encoding = u.encoding, attempt_number = u.attempt,
                 last_error = u.error, next_attempt_at = u.next,
                 delivered_at = CASE WHEN u.status = 'sent' THEN now() END
            FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[], $8::text[])
                 AS u(id, attempt, status, code, body, error, next, encoding)
-          WHERE d.id = u.id AND d.id = ANY($1)",
-    )
+          WHERE d.id = u.id AND d.id = ANY($1)"
+        }
+        Some(_) => by_organization::RECORD_DELIVERIES,
+    })
     .bind(&k_ids)
     .bind(&k_attempts)
     .bind(&k_status)
@@ -492,53 +588,76 @@ pub async fn record(
     .bind(&k_bodies)
     .bind(&k_errors)
     .bind(&k_next)
-    .bind(&k_encodings)
-    .execute(&mut *tx)
-    .await?;
+    .bind(&k_encodings);
+    let update = match org {
+        Some(org) => update.bind(&delivered).bind(org),
+        None => update,
+    };
+    update.execute(&mut *tx).await?;
     // Finished jobs leave the queue; retries wait for their time. Both only while this
     // worker's claim (the attempt number) is still the job's current one.
     // Each statement only when it has rows to change: on a busy webhook most batches hold no
     // retry, and an UPDATE over nothing still cost about a millisecond (make bench).
     if k_next.iter().any(Option::is_none) {
         // An ended head of an ordering key lets the key's next delivery go (same transaction).
-        let ended_heads: Vec<hookrelay_storage::ordering::EndedHead> = sqlx::query_as(
-            "DELETE FROM delivery_jobs j
+        let finish = sqlx::query_as(match org {
+            None => {
+                "DELETE FROM delivery_jobs j
               USING unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(id, attempt, next)
               WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1)
                 AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NULL
-          RETURNING j.org_id, j.webhook_id, j.ordering_key",
-        )
+          RETURNING j.org_id, j.webhook_id, j.ordering_key"
+            }
+            Some(_) => by_organization::FINISH_JOBS,
+        })
         .bind(&k_ids)
         .bind(&k_attempts)
-        .bind(&k_next)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .filter_map(|(org, webhook, key): (Uuid, Uuid, Option<String>)| {
-            key.map(|key| (org, webhook, key))
-        })
-        .collect();
-        hookrelay_storage::ordering::release(&mut tx, &ended_heads).await?;
+        .bind(&k_next);
+        let finish = match org {
+            Some(org) => finish.bind(org),
+            None => finish,
+        };
+        let ended_heads: Vec<hookrelay_storage::ordering::EndedHead> = finish
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .filter_map(|(org, webhook, key): (Uuid, Uuid, Option<String>)| {
+                key.map(|key| (org, webhook, key))
+            })
+            .collect();
+        match org {
+            None => hookrelay_storage::ordering::release(&mut *tx, &ended_heads).await?,
+            Some(org) => {
+                hookrelay_storage::ordering::release_in_organization(&mut *tx, org, &ended_heads)
+                    .await?
+            }
+        };
     }
     if k_next.iter().any(Option::is_some) {
-        sqlx::query(
-            "UPDATE delivery_jobs j
+        let reschedule = sqlx::query(match org {
+            None => {
+                "UPDATE delivery_jobs j
                 SET state = u.state, scheduled_at = u.next, lease_expires_at = NULL, claimed_by = NULL
                FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::text[]) AS u(id, attempt, next, state)
               WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1)
-                AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NOT NULL",
-        )
+                AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NOT NULL"
+            }
+            Some(_) => by_organization::RESCHEDULE_JOBS,
+        })
         .bind(&k_ids)
         .bind(&k_attempts)
         .bind(&k_next)
-        .bind(&k_states)
-        .execute(&mut *tx)
-        .await?;
+        .bind(&k_states);
+        let reschedule = match org {
+            Some(org) => reschedule.bind(org),
+            None => reschedule,
+        };
+        reschedule.execute(&mut *tx).await?;
     }
     // The hourly rollup the metrics API reads, in this transaction so it never drifts from the
     // attempt rows: only attempts accepted above count.
     hookrelay_storage::metrics::add_attempts(
-        &mut tx,
+        &mut *tx,
         kept.iter()
             .map(|r| hookrelay_storage::metrics::CountedAttempt {
                 org_id: r.job.org_id,
@@ -549,8 +668,7 @@ pub async fn record(
             }),
     )
     .await?;
-    update_health(&mut tx, &kept, health).await?;
-    tx.commit().await?;
+    update_health(&mut *tx, &kept, health, org).await?;
     Ok(kept.len())
 }
 
@@ -577,11 +695,12 @@ fn storable_error(record: &Record) -> Option<String> {
 /// is unreachable or saturated (then the caller keeps the batch and tries again; rows already
 /// written are refused by their unique attempt number, so none is written twice).
 pub async fn record_isolated(
+    layout: Layout,
     pool: &PgPool,
     records: &[Record],
     health: HealthPolicy,
 ) -> Result<usize, QueueError> {
-    match record(pool, records, health).await {
+    match record_in(layout, pool, records, health).await {
         Ok(accepted) => return Ok(accepted),
         Err(err) if err.is_transient() => return Err(err),
         Err(err) => tracing::error!(
@@ -591,7 +710,7 @@ pub async fn record_isolated(
     }
     let mut accepted = 0;
     for one in records {
-        let err = match record(pool, std::slice::from_ref(one), health).await {
+        let err = match record_in(layout, pool, std::slice::from_ref(one), health).await {
             Ok(n) => {
                 accepted += n;
                 continue;
@@ -607,7 +726,7 @@ pub async fn record_isolated(
         let _entered = span.enter();
         tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "an attempt record was refused; recording it without its response");
         let stripped = one.stripped(&err);
-        match record(pool, std::slice::from_ref(&stripped), health).await {
+        match record_in(layout, pool, std::slice::from_ref(&stripped), health).await {
             Ok(n) => accepted += n,
             Err(err) if err.is_transient() => return Err(err),
             // Left leased: the lease rescue records it as lost, within its bounded rescues.
@@ -642,6 +761,39 @@ impl Record {
     }
 }
 
+/// The health count of [`update_health`] (one PostgreSQL): `$1`–`$5` per webhook its
+/// organization, id, whether a success reset the count, failures since, and a 410.
+const COUNT_FAILURES: &str = "UPDATE webhooks w
+            SET consecutive_failures = CASE WHEN u.reset THEN u.fails ELSE w.consecutive_failures + u.fails END,
+                health_status = CASE
+                    WHEN NOT w.active THEN w.health_status
+                    WHEN (CASE WHEN u.reset THEN u.fails ELSE w.consecutive_failures + u.fails END) = 0 THEN 'healthy'
+                    ELSE 'degraded' END
+           FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::int[], $5::bool[]) AS u(org_id, id, reset, fails, gone)
+          WHERE w.org_id = u.org_id AND w.id = u.id
+            -- A healthy webhook that stays healthy is not rewritten on every batch.
+            AND NOT (u.reset AND u.fails = 0 AND w.consecutive_failures = 0
+                     AND (w.health_status = 'healthy' OR NOT w.active))
+      RETURNING w.org_id, w.id, w.active, w.consecutive_failures, u.gone";
+
+/// The deactivation of [`update_health`] (one PostgreSQL): `$1`–`$3` organization, id, 410.
+const DISABLE_WEBHOOKS: &str = "UPDATE webhooks w
+            SET active = false, health_status = 'unhealthy',
+                disabled_reason = CASE WHEN u.gone THEN 'the endpoint answered 410 Gone'
+                                       ELSE format('%s consecutive failed attempts', w.consecutive_failures) END
+           FROM unnest($1::uuid[], $2::uuid[], $3::bool[]) AS u(org_id, id, gone)
+          WHERE w.org_id = u.org_id AND w.id = u.id AND w.active
+      RETURNING w.org_id, w.id, w.url, w.consecutive_failures, w.disabled_reason";
+
+/// Why a webhook was deactivated, as [`DISABLE_WEBHOOKS`] writes it.
+fn disabled_reason(gone: bool, consecutive_failures: i32) -> String {
+    if gone {
+        "the endpoint answered 410 Gone".to_owned()
+    } else {
+        format!("{consecutive_failures} consecutive failed attempts")
+    }
+}
+
 /// Applies the batch's outcomes to each webhook's health, in the order the attempts started: a
 /// success resets `consecutive_failures`, a failure adds one. At the threshold, or at once on 410
 /// Gone, the webhook is deactivated, its queued deliveries are parked (kept, sent after
@@ -650,6 +802,7 @@ async fn update_health(
     tx: &mut sqlx::PgConnection,
     kept: &[&Record],
     policy: HealthPolicy,
+    org: Option<Uuid>,
 ) -> Result<(), QueueError> {
     // Per webhook: whether a success was seen, failures since the last success, and a 410.
     let mut per_webhook: std::collections::HashMap<(Uuid, Uuid), (bool, i32, bool)> =
@@ -681,60 +834,54 @@ async fn update_health(
     }
     // Two statements: PostgreSQL applies only one change per row in a single statement, so the
     // count must be committed to the row before the threshold check reads it.
-    let counted: Vec<(Uuid, Uuid, bool, i32, bool)> = sqlx::query_as(
-        "UPDATE webhooks w
-            SET consecutive_failures = CASE WHEN u.reset THEN u.fails ELSE w.consecutive_failures + u.fails END,
-                health_status = CASE
-                    WHEN NOT w.active THEN w.health_status
-                    WHEN (CASE WHEN u.reset THEN u.fails ELSE w.consecutive_failures + u.fails END) = 0 THEN 'healthy'
-                    ELSE 'degraded' END
-           FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::int[], $5::bool[]) AS u(org_id, id, reset, fails, gone)
-          WHERE w.org_id = u.org_id AND w.id = u.id
-            -- A healthy webhook that stays healthy is not rewritten on every batch.
-            AND NOT (u.reset AND u.fails = 0 AND w.consecutive_failures = 0
-                     AND (w.health_status = 'healthy' OR NOT w.active))
-      RETURNING w.org_id, w.id, w.active, w.consecutive_failures, u.gone",
-    )
+    let count = sqlx::query_as(match org {
+        None => COUNT_FAILURES,
+        Some(_) => by_organization::COUNT_FAILURES,
+    })
     .bind(&orgs)
     .bind(&ids)
     .bind(&resets)
     .bind(&failures)
-    .bind(&gone)
-    .fetch_all(&mut *tx)
-    .await?;
-    let tripped: Vec<(Uuid, Uuid, bool)> = counted
+    .bind(&gone);
+    let count = match org {
+        Some(org) => count.bind(org),
+        None => count,
+    };
+    let counted: Vec<(Uuid, Uuid, bool, i32, bool)> = count.fetch_all(&mut *tx).await?;
+    let tripped: Vec<(Uuid, Uuid, bool, i32)> = counted
         .into_iter()
         .filter(|(_, _, active, fails, gone)| {
             *active && (*gone || *fails >= policy.disable_after_failures)
         })
-        .map(|(org, id, _, _, gone)| (org, id, gone))
+        .map(|(org, id, _, fails, gone)| (org, id, gone, fails))
         .collect();
     if tripped.is_empty() {
         return Ok(());
     }
-    let (t_orgs, t_ids, t_gone): (Vec<Uuid>, Vec<Uuid>, Vec<bool>) =
-        tripped
-            .into_iter()
-            .fold((vec![], vec![], vec![]), |mut acc, (o, i, g)| {
-                acc.0.push(o);
-                acc.1.push(i);
-                acc.2.push(g);
-                acc
-            });
-    let disabled: Vec<(Uuid, Uuid, String, i32, String)> = sqlx::query_as(
-        "UPDATE webhooks w
-            SET active = false, health_status = 'unhealthy',
-                disabled_reason = CASE WHEN u.gone THEN 'the endpoint answered 410 Gone'
-                                       ELSE format('%s consecutive failed attempts', w.consecutive_failures) END
-           FROM unnest($1::uuid[], $2::uuid[], $3::bool[]) AS u(org_id, id, gone)
-          WHERE w.org_id = u.org_id AND w.id = u.id AND w.active
-      RETURNING w.org_id, w.id, w.url, w.consecutive_failures, w.disabled_reason",
-    )
+    let t_orgs: Vec<Uuid> = tripped.iter().map(|t| t.0).collect();
+    let t_ids: Vec<Uuid> = tripped.iter().map(|t| t.1).collect();
+    let t_gone: Vec<bool> = tripped.iter().map(|t| t.2).collect();
+    let disable = sqlx::query_as(match org {
+        None => DISABLE_WEBHOOKS,
+        Some(_) => by_organization::DISABLE_WEBHOOKS,
+    })
     .bind(&t_orgs)
     .bind(&t_ids)
-    .bind(&t_gone)
-    .fetch_all(&mut *tx)
-    .await?;
+    .bind(&t_gone);
+    // Citus refuses `format()` in a `CASE` of a distributed modification: the reason is
+    // written here, from the count the statement above committed to each row.
+    let disable = match org {
+        Some(org) => disable
+            .bind(
+                tripped
+                    .iter()
+                    .map(|&(_, _, gone, fails)| disabled_reason(gone, fails))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(org),
+        None => disable,
+    };
+    let disabled: Vec<(Uuid, Uuid, String, i32, String)> = disable.fetch_all(&mut *tx).await?;
     for (org_id, webhook_id, url, failures, reason) in disabled {
         tracing::warn!(%org_id, %webhook_id, failures, reason, "webhook deactivated");
         sqlx::query("UPDATE delivery_jobs SET state = 'parked' WHERE org_id = $1 AND webhook_id = $2 AND state IN ('available', 'scheduled')")

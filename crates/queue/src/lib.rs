@@ -47,8 +47,23 @@ impl From<sqlx::Error> for QueueError {
     }
 }
 
+/// How the queue's statements are shaped for the database behind the pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// One PostgreSQL: statements span organizations (the claim's fairness skip scan, batched
+    /// loads and records).
+    #[default]
+    Single,
+    /// Citus, distributed by `org_id`: every statement that changes or locks queue rows names
+    /// one organization, so it runs on that organization's shard; fairness across
+    /// organizations moves into the worker (`jobs::by_organization`).
+    ByOrganization,
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// The statements' shape: [`Layout::ByOrganization`] when the database has Citus.
+    pub layout: Layout,
     /// Delivery history older than this is pruned.
     pub retention: Duration,
     /// How long a claimed delivery stays with its worker before another may take it.
@@ -87,6 +102,7 @@ impl WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
+            layout: Layout::Single,
             retention: Duration::from_secs(30 * 86_400),
             lease: Duration::from_secs(60),
             maintenance_interval: Duration::from_secs(5),
@@ -188,6 +204,7 @@ pub async fn attempt_now(
     };
     let record = worker::send(&context, work).await;
     jobs::record_isolated(
+        settings.layout,
         pool,
         std::slice::from_ref(&record),
         settings.health_policy(),

@@ -144,7 +144,8 @@ async fn rescue_expired_leases_of(
     let (rescued, orgs, hooks, started, ended_heads) = done;
     // An abandoned head of an ordering key lets the key's next delivery go; a re-queued one keeps
     // holding its key (it goes back to `available`, its followers stay `queued`).
-    hookrelay_storage::ordering::release(&mut tx, &ended_heads.0).await?;
+    // Heads of this organization only: filtered by it, so the release stays on its shard.
+    hookrelay_storage::ordering::release_in_organization(&mut tx, org_id, &ended_heads.0).await?;
     // A second statement, after the rows above are locked: the record path also locks its
     // deliveries before the rollup, so the two cannot wait on each other in opposite orders.
     let recorded = orgs

@@ -161,7 +161,8 @@ pub(crate) async fn run(
         local.take_freed();
         capped_since = None;
         let want = free.min(ctx.settings.claim_batch);
-        let claimed = match jobs::claim_beside_ended(
+        let claimed = match jobs::claim_in(
+            ctx.settings.layout,
             &ctx.pool,
             &ctx.worker_id,
             want as i64,
@@ -183,7 +184,7 @@ pub(crate) async fn run(
         let full = claimed.len() == want;
         if !claimed.is_empty() {
             local.set_quiet(false);
-            match jobs::load(&ctx.pool, &claimed).await {
+            match jobs::load_in(ctx.settings.layout, &ctx.pool, &claimed).await {
                 Ok(work) => dispatch(&ctx, &local, work).await,
                 // The claims stay leased; the rescuer re-queues them when the lease runs out.
                 Err(err) => tracing::warn!(error = %err, "loading claimed deliveries failed"),
@@ -299,7 +300,7 @@ pub(crate) async fn dispatch_with_room(
         work.into_iter().partition(|(w, _)| !w.sendable.active);
     if !inactive.is_empty() {
         let jobs: Vec<_> = inactive.into_iter().map(|(w, _)| w.job).collect();
-        if let Err(err) = jobs::park(&ctx.pool, &jobs).await {
+        if let Err(err) = jobs::park_in(ctx.settings.layout, &ctx.pool, &jobs).await {
             tracing::warn!(error = %err, "parking deliveries of inactive webhooks failed");
         }
     }
@@ -503,7 +504,14 @@ async fn record_loop(
         }
         let mut backoff = Duration::from_millis(100);
         loop {
-            match jobs::record_isolated(&ctx.pool, &batch, ctx.settings.health_policy()).await {
+            match jobs::record_isolated(
+                ctx.settings.layout,
+                &ctx.pool,
+                &batch,
+                ctx.settings.health_policy(),
+            )
+            .await
+            {
                 Ok(accepted) => {
                     ctx.ended.recorded(&batch);
                     if let Some(at) = batch

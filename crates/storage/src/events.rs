@@ -493,36 +493,9 @@ async fn batchable_types(
     Ok(batchable)
 }
 
-/// Events, their deliveries, queue entries and batch items in one statement (PostgreSQL runs
-/// every data-modifying CTE whether or not the final SELECT reads it): one round trip, atomic on
-/// its own (so a publish without idempotency keys needs no transaction). Each delivery's body is built by PostgreSQL from its event, so the data crosses
-/// the wire once however wide the fan-out. Jobs handed off (state `running`) are leased to
-/// `lease`'s worker as attempt 1, their lease counted from the publish time.
-///
-/// Deliveries with an ordering key (`per_key` webhooks) join their key's queue
-/// ([`crate::ordering`]): the key's row is upserted (sorted, so publishers of several keys
-/// cannot deadlock), which hands out their places in publish order and tells whether the first
-/// of them is the key's head. Only the head keeps its state (`available`, `running` or
-/// `parked`); the others are inserted `queued`. Returns the deliveries inserted `running`.
-#[allow(clippy::too_many_arguments)]
-async fn insert_all(
-    conn: &mut PgConnection,
-    org_id: Uuid,
-    max_attempts: i32,
-    now: DateTime<Utc>,
-    (ev_ids, ev_names, ev_data, ev_keys, ev_sources, ev_order): EventColumns<'_>,
-    deliveries: &DeliveryRows,
-    batched: &BatchRows,
-    lease: Option<(&str, std::time::Duration)>,
-) -> Result<HashMap<Uuid, Sendable>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        delivery_id: Uuid,
-        #[sqlx(flatten)]
-        sendable: Sendable,
-    }
-    let (claimer, lease) = lease.unwrap_or(("", std::time::Duration::ZERO));
-    let rows: Vec<Row> = sqlx::query_as(concat!(
+/// The publishing statement of [`insert_all`] (its parameters are bound there). Public so
+/// tests/citus.rs can read its plan.
+pub const PUBLISH: &str = concat!(
         "WITH ev AS (
              INSERT INTO events (id, org_id, event, data, idempotency_key, source_id, ordering_key, created_at)
              SELECT id, $1, event, data, key, source, ordering, $7
@@ -575,30 +548,61 @@ async fn insert_all(
            FROM jb JOIN dl ON dl.id = jb.delivery_id
            JOIN webhooks w ON w.org_id = $1 AND w.id = dl.webhook_id
           WHERE jb.state = 'running'"
-    ))
-    .bind(org_id)
-    .bind(ev_ids)
-    .bind(ev_names)
-    .bind(ev_data)
-    .bind(ev_keys)
-    .bind(ev_sources)
-    .bind(now)
-    .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    .bind(&deliveries.ids)
-    .bind(&deliveries.webhooks)
-    .bind(&deliveries.event_ids)
-    .bind(&deliveries.states)
-    .bind(max_attempts)
-    .bind(&deliveries.formats)
-    .bind(&batched.webhooks)
-    .bind(&batched.events)
-    .bind(&batched.event_ids)
-    .bind(ev_order)
-    .bind(lease.as_secs_f64())
-    .bind(claimer)
-    .bind(&deliveries.ordering_keys)
-    .fetch_all(&mut *conn)
-    .await?;
+);
+
+/// Events, their deliveries, queue entries and batch items in one statement (PostgreSQL runs
+/// every data-modifying CTE whether or not the final SELECT reads it): one round trip, atomic on
+/// its own (so a publish without idempotency keys needs no transaction). Each delivery's body is built by PostgreSQL from its event, so the data crosses
+/// the wire once however wide the fan-out. Jobs handed off (state `running`) are leased to
+/// `lease`'s worker as attempt 1, their lease counted from the publish time.
+///
+/// Deliveries with an ordering key (`per_key` webhooks) join their key's queue
+/// ([`crate::ordering`]): the key's row is upserted (sorted, so publishers of several keys
+/// cannot deadlock), which hands out their places in publish order and tells whether the first
+/// of them is the key's head. Only the head keeps its state (`available`, `running` or
+/// `parked`); the others are inserted `queued`. Returns the deliveries inserted `running`.
+#[allow(clippy::too_many_arguments)]
+async fn insert_all(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    max_attempts: i32,
+    now: DateTime<Utc>,
+    (ev_ids, ev_names, ev_data, ev_keys, ev_sources, ev_order): EventColumns<'_>,
+    deliveries: &DeliveryRows,
+    batched: &BatchRows,
+    lease: Option<(&str, std::time::Duration)>,
+) -> Result<HashMap<Uuid, Sendable>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        delivery_id: Uuid,
+        #[sqlx(flatten)]
+        sendable: Sendable,
+    }
+    let (claimer, lease) = lease.unwrap_or(("", std::time::Duration::ZERO));
+    let rows: Vec<Row> = sqlx::query_as(PUBLISH)
+        .bind(org_id)
+        .bind(ev_ids)
+        .bind(ev_names)
+        .bind(ev_data)
+        .bind(ev_keys)
+        .bind(ev_sources)
+        .bind(now)
+        .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .bind(&deliveries.ids)
+        .bind(&deliveries.webhooks)
+        .bind(&deliveries.event_ids)
+        .bind(&deliveries.states)
+        .bind(max_attempts)
+        .bind(&deliveries.formats)
+        .bind(&batched.webhooks)
+        .bind(&batched.events)
+        .bind(&batched.event_ids)
+        .bind(ev_order)
+        .bind(lease.as_secs_f64())
+        .bind(claimer)
+        .bind(&deliveries.ordering_keys)
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| (r.delivery_id, r.sendable))

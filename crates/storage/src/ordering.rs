@@ -106,3 +106,64 @@ pub async fn release(conn: &mut PgConnection, ended: &[EndedHead]) -> crate::Res
     .await?;
     Ok(promoted.rows_affected())
 }
+
+/// [`release`] for heads of one organization (`org_id`), each statement filtered by it so that
+/// on Citus both run on the organization's shard (the cross-organization form is refused there:
+/// its `FOR UPDATE` would span shards). Same two statements, same lock order.
+pub async fn release_in_organization(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    ended: &[EndedHead],
+) -> crate::Result<u64> {
+    if ended.is_empty() {
+        return Ok(0);
+    }
+    debug_assert!(ended.iter().all(|(org, _, _)| *org == org_id));
+    let (webhooks, keys): (Vec<Uuid>, Vec<&str>) =
+        ended.iter().map(|(_, w, k)| (*w, k.as_str())).unzip();
+    sqlx::query(LOCK_KEYS_OF_ORGANIZATION)
+        .bind(org_id)
+        .bind(&webhooks)
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await?;
+    let promoted = sqlx::query(RELEASE_OF_ORGANIZATION)
+        .bind(org_id)
+        .bind(&webhooks)
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await?;
+    Ok(promoted.rows_affected())
+}
+
+/// The first statement of [`release_in_organization`]: `$1` organization, `$2`/`$3` the ended
+/// heads' webhooks and keys. Public so tests/citus.rs can read its plan.
+pub const LOCK_KEYS_OF_ORGANIZATION: &str = "SELECT 1 FROM delivery_key_queues q
+          WHERE q.org_id = $1
+            AND (q.webhook_id, q.ordering_key) IN (SELECT * FROM unnest($2::uuid[], $3::text[]))
+          ORDER BY q.webhook_id, q.ordering_key
+            FOR UPDATE";
+
+/// The second statement of [`release_in_organization`] (parameters as
+/// [`LOCK_KEYS_OF_ORGANIZATION`]).
+pub const RELEASE_OF_ORGANIZATION: &str = "WITH e AS (
+             SELECT webhook_id, okey, count(*)::int AS n
+               FROM unnest($2::uuid[], $3::text[]) AS u(webhook_id, okey)
+              GROUP BY webhook_id, okey),
+         emptied AS (
+             DELETE FROM delivery_key_queues q USING e
+              WHERE q.org_id = $1 AND q.webhook_id = e.webhook_id AND q.ordering_key = e.okey
+                AND q.unfinished <= e.n),
+         counted AS (
+             UPDATE delivery_key_queues q SET unfinished = q.unfinished - e.n
+               FROM e
+              WHERE q.org_id = $1 AND q.webhook_id = e.webhook_id AND q.ordering_key = e.okey
+                AND q.unfinished > e.n),
+         next AS (
+             SELECT n.delivery_id FROM e CROSS JOIN LATERAL (
+                    SELECT j.delivery_id FROM delivery_jobs j
+                     WHERE j.org_id = $1 AND j.webhook_id = e.webhook_id
+                       AND j.ordering_key = e.okey AND j.state = 'queued'
+                     ORDER BY j.key_seq LIMIT 1) n)
+         UPDATE delivery_jobs j SET state = 'available', scheduled_at = now()
+           FROM next WHERE j.org_id = $1 AND j.delivery_id = next.delivery_id AND j.state = 'queued'";

@@ -348,9 +348,13 @@ pub async fn test(
         attempt: 1,
         max_attempts: 1,
     };
-    let mut work = jobs::load(&state.pool, std::slice::from_ref(&claimed))
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let mut work = jobs::load_in(
+        state.worker.layout,
+        &state.pool,
+        std::slice::from_ref(&claimed),
+    )
+    .await
+    .map_err(|e| ApiError::Internal(Box::new(e)))?;
     let mut work = work.pop().ok_or(ApiError::NotFound("webhook"))?;
     // A test goes out even to a paused webhook: that is how its owner checks it before resuming.
     work.sendable.active = true;
