@@ -5,7 +5,10 @@
 #   scripts/citus.sh start   a coordinator (.data/citus-coordinator, port 54369) and two workers
 #                            (.data/citus-worker1, -worker2, the next free ports), fsync off,
 #                            registered with each other; database `hookrelay` with the extension
-#   scripts/citus.sh stop    stops the three clusters
+#   scripts/citus.sh bench   the same for `make bench`, durable (fsync on) and apart from the
+#                            tests' (.data/citus-bench-*, ports from 54379), with a fresh database
+#                            `hookrelay_bench` on every node each time
+#   scripts/citus.sh stop    stops the clusters
 #   scripts/citus.sh drop-test-dbs   drops the previous run's hr_test_* databases on every node
 #
 # Citus is not packaged in Debian. When it is missing from the PostgreSQL installation and
@@ -17,9 +20,15 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode="${1:-start}"
-coordinator_port="${HOOKRELAY_CITUS_PORT:-54369}"
 data="$here/.data"
 nodes=(coordinator worker1 worker2)
+if [ "$mode" = bench ]; then
+  coordinator_port="${HOOKRELAY_CITUS_BENCH_PORT:-54379}"
+  prefix=citus-bench
+else
+  coordinator_port="${HOOKRELAY_CITUS_PORT:-54369}"
+  prefix=citus
+fi
 
 log() { printf 'citus.sh: %s\n' "$*" >&2; }
 
@@ -50,10 +59,11 @@ close_inherited_fds() {
 if [ "$mode" = stop ]; then
   [ -n "$bin_dir" ] || exit 0
   for n in "${nodes[@]}"; do
-    d="$data/citus-$n"
-    if [ -f "$d/postmaster.pid" ]; then
-      as_owner "$bin_dir/pg_ctl" -D "$d" -m fast -w stop >/dev/null && log "stopped $d"
-    fi
+    for d in "$data/citus-$n" "$data/citus-bench-$n"; do
+      if [ -f "$d/postmaster.pid" ]; then
+        as_owner "$bin_dir/pg_ctl" -D "$d" -m fast -w stop >/dev/null && log "stopped $d"
+      fi
+    done
   done
   exit 0
 fi
@@ -70,7 +80,7 @@ if [ "$mode" = drop-test-dbs ]; then
   done
   exit 0
 fi
-[ "$mode" = start ] || { log "unknown mode '$mode' (start, stop, drop-test-dbs)"; exit 2; }
+case "$mode" in start|bench) ;; *) log "unknown mode '$mode' (start, bench, stop, drop-test-dbs)"; exit 2 ;; esac
 
 if [ -z "$bin_dir" ]; then
   if [ -z "${CITUS_SOURCE:-}" ]; then log "skipped: no PostgreSQL installation and CITUS_SOURCE unset"; exit 3; fi
@@ -138,7 +148,7 @@ psql_at() { PGOPTIONS="-c client_min_messages=warning" "$bin_dir/psql" -h 127.0.
 
 # Starts node $1 (initialised on first use) and prints its port.
 start_node() {
-  local name="$1" want="$2" dir="$data/citus-$1" port
+  local name="$1" want="$2" dir="$data/$prefix-$1" port
   if [ ! -f "$dir/PG_VERSION" ]; then
     log "initialising $dir"
     rm -rf "$dir"; mkdir -p "$dir"
@@ -150,16 +160,32 @@ start_node() {
   if as_owner "$bin_dir/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
     sed -n 4p "$dir/postmaster.pid"; return
   fi
-  port="$want"
-  while port_busy "$port"; do port=$((port + 1)); done
-  log "starting Citus $name on 127.0.0.1:$port"
-  local opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir"
+  local base_opts="-c unix_socket_directories=$dir"
   # Citus runs a maintenance worker per database, and every test has a database of its own.
-  opts="$opts -c shared_preload_libraries=citus -c max_prepared_transactions=200 -c max_connections=300"
-  opts="$opts -c max_worker_processes=256"
-  opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-  (close_inherited_fds; as_owner "$bin_dir/pg_ctl" -D "$dir" -l "$dir/server.log" -o "$opts" -w -t 60 start >/dev/null) \
-    || { log "Citus $name did not start; see $dir/server.log"; tail -20 "$dir/server.log" >&2; exit 1; }
+  base_opts="$base_opts -c shared_preload_libraries=citus -c max_prepared_transactions=200 -c max_connections=300"
+  base_opts="$base_opts -c max_worker_processes=256"
+  if [ "$mode" = bench ]; then
+    # Durable, as the plain cluster `make bench` compares it with.
+    base_opts="$base_opts -c shared_buffers=128MB"
+  else
+    base_opts="$base_opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  fi
+  port="$want"
+  local tries=0
+  while :; do
+    while port_busy "$port"; do port=$((port + 1)); done
+    log "starting Citus $name on 127.0.0.1:$port"
+    if (close_inherited_fds; as_owner "$bin_dir/pg_ctl" -D "$dir" -l "$dir/server.log" \
+          -o "-c listen_addresses=127.0.0.1 -c port=$port $base_opts" -w -t 60 start >/dev/null); then
+      break
+    fi
+    # Nothing listens there, yet a client's ephemeral port can hold it: try the next one.
+    tries=$((tries + 1))
+    if ! tail -8 "$dir/server.log" | grep -q "Address already in use" || [ "$tries" -ge 5 ]; then
+      log "Citus $name did not start; see $dir/server.log"; tail -20 "$dir/server.log" >&2; exit 1
+    fi
+    port=$((port + 1))
+  done
   echo "$port"
 }
 
@@ -171,6 +197,12 @@ for n in "${nodes[@]}"; do
 done
 
 db=hookrelay
+if [ "$mode" = bench ]; then
+  db=hookrelay_bench
+  for n in "${nodes[@]}"; do
+    psql_at "${port_of[$n]}" postgres "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+  done
+fi
 for n in "${nodes[@]}"; do
   p="${port_of[$n]}"
   if [ "$(psql_at "$p" postgres "SELECT count(*) FROM pg_database WHERE datname = '$db'")" = 0 ]; then
@@ -185,8 +217,11 @@ cp="${port_of[coordinator]}"
 psql_at "$cp" "$db" "SELECT citus_set_coordinator_host('127.0.0.1', $cp)" >/dev/null
 for n in worker1 worker2; do
   p="${port_of[$n]}"
-  marker="$data/citus-$n/hookrelay-nodeid"
-  if [ -f "$marker" ]; then
+  marker="$data/$prefix-$n/hookrelay-nodeid"
+  if [ "$mode" = bench ]; then
+    # A fresh database: its metadata has no node yet.
+    psql_at "$cp" "$db" "SELECT citus_add_node('127.0.0.1', $p)" >/dev/null
+  elif [ -f "$marker" ]; then
     id="$(cat "$marker")"
     registered="$(psql_at "$cp" "$db" "SELECT nodeport FROM pg_dist_node WHERE nodeid = $id")"
     if [ "$registered" != "$p" ]; then

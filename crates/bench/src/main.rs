@@ -42,6 +42,7 @@ async fn run_phase(b: &mut Bench, phase: &str) -> anyhow::Result<()> {
         "ordered" => phases::ordered::run(b).await,
         "memory" => phases::memory::run(b).await,
         "scale" => phases::scale::run(b).await,
+        "citus" => phases::citus::run(b).await,
         "history" => phases::history::run(b).await,
         other => anyhow::bail!(
             "unknown phase {other:?} (known: {})",

@@ -146,6 +146,34 @@ impl Report {
             .push((phase.to_owned(), get("this_process"), get("postgres")));
     }
 
+    /// `other`'s rows, details and CPU figures as this report's, each keyed `{prefix}_{key}`, its
+    /// figure led by `label`, and set beside this report's row of the same key (as its ceiling,
+    /// so the ratio reads other / this) when there is one. Goals stay with the original rows.
+    pub fn absorb_beside(&mut self, other: Report, prefix: &str, label: &str) {
+        for row in other.rows {
+            let beside = self.value(row.key);
+            // A handful of rows per run: leaking their keys keeps `Row::key` a plain &'static str.
+            let key: &'static str = Box::leak(format!("{prefix}_{}", row.key).into_boxed_str());
+            let mut absorbed = Row {
+                key,
+                figure: format!("{label}{}", row.figure.trim_start_matches([' ', '…'])),
+                ceiling: None,
+                goal: Goal::None,
+                ..row
+            };
+            if let Some(value) = beside {
+                absorbed = absorbed.ceiling(value, "the same row on plain PostgreSQL, this run");
+            }
+            self.rows.push(absorbed);
+        }
+        for (key, value) in other.details {
+            self.details.insert(format!("{prefix}_{key}"), value);
+        }
+        for (phase, ours, postgres) in other.cpu {
+            self.cpu.push((format!("{prefix}_{phase}"), ours, postgres));
+        }
+    }
+
     /// The value of an earlier row, for a later phase to compare against.
     pub fn value(&self, key: &str) -> Option<f64> {
         self.rows.iter().find(|r| r.key == key).map(|r| r.value)

@@ -236,17 +236,9 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
 
     let loop_what = "raw claim→record loop, jobs/s";
     b.report.row(
-        Row::new(
-            "delivery_spread",
-            format!(
-                "delivery fan-out 1, {hooks} webhooks, {:.0} s",
-                spread.seconds
-            ),
-            spread.deliveries_per_s,
-            "del/s",
-        )
-        .ceiling(loop_ceiling, loop_what)
-        .goal(Goal::OfCeiling(60.0)),
+        spread_row(hooks, &spread)
+            .ceiling(loop_ceiling, loop_what)
+            .goal(Goal::OfCeiling(60.0)),
     );
     b.report.row(
         Row::new(
@@ -258,18 +250,10 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
         .ceiling(receiver_ceiling, "direct POSTs to the receiver/s, c=64"),
     );
     b.report.row(
-        Row::new(
-            "delivery_single",
-            format!(
-                "delivery fan-out 1, one webhook (cap {})",
-                b.svc.config.endpoint_concurrency
-            ),
-            single.deliveries_per_s,
-            "del/s",
-        )
-        .ceiling(loop_ceiling, loop_what)
-        // Twice Svix's drain of one endpoint on this machine (2,630/s, issue 14).
-        .goal(Goal::AtLeast(5260.0)),
+        single_row(&b.svc, &single)
+            .ceiling(loop_ceiling, loop_what)
+            // Twice Svix's drain of one endpoint on this machine (2,630/s, issue 14).
+            .goal(Goal::AtLeast(5260.0)),
     );
     b.report.detail(
         "delivery",
@@ -289,7 +273,33 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The row of the drain over `hooks` webhooks, before its ceiling and goal.
+pub fn spread_row(hooks: u64, spread: &Drain) -> Row {
+    Row::new(
+        "delivery_spread",
+        format!(
+            "delivery fan-out 1, {hooks} webhooks, {:.0} s",
+            spread.seconds
+        ),
+        spread.deliveries_per_s,
+        "del/s",
+    )
+}
+
+/// The row of the one-webhook drain, before its ceiling and goal.
+pub fn single_row(svc: &Service, single: &Drain) -> Row {
+    Row::new(
+        "delivery_single",
+        format!(
+            "delivery fan-out 1, one webhook (cap {})",
+            svc.config.endpoint_concurrency
+        ),
+        single.deliveries_per_s,
+        "del/s",
+    )
+}
+
 /// The one-webhook drain is capped per webhook, so a smaller backlog outlasts its window.
-fn env_backlog_single(seconds: f64) -> i64 {
+pub fn env_backlog_single(seconds: f64) -> i64 {
     super::env_or("BENCH_BACKLOG_SINGLE", (4_000.0 * seconds) as i64)
 }

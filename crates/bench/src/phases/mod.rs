@@ -1,6 +1,7 @@
 //! The phases of `make bench`, in the order they run, and what each one is handed: the service,
 //! the receiver, the tenants set up for it and the report it adds its rows to.
 
+pub mod citus;
 pub mod delivery;
 pub mod fanout;
 pub mod history;
@@ -29,6 +30,7 @@ pub const ALL: &[&str] = &[
     "ordered",
     "memory",
     "scale",
+    "citus",
     "history",
 ];
 

@@ -11,6 +11,7 @@ use crate::load::{clear_undelivered_except, run_n, sample_data};
 use crate::report::{Goal, Row};
 use crate::service::Org;
 use serde_json::json;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Events per `/events/batch` request.
@@ -101,8 +102,11 @@ async fn drain_of(
 async fn publish_backlog(b: &Bench, org: &Org, backlog: i64, keys: u64) -> anyhow::Result<()> {
     let backlog = u64::try_from(backlog).unwrap_or(0);
     let (http, base, token) = (b.http.clone(), b.svc.api_base.clone(), org.token.clone());
+    let first_failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let first = first_failure.clone();
     let (_, failed) = run_n(2, backlog.div_ceil(BATCH), move |batch| {
-        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        let (http, base, token, first_failure) =
+            (http.clone(), base.clone(), token.clone(), first.clone());
         async move {
             let first = batch * BATCH;
             let events: Vec<_> = (first..(first + BATCH).min(backlog))
@@ -117,11 +121,24 @@ async fn publish_backlog(b: &Bench, org: &Org, backlog: i64, keys: u64) -> anyho
                 .json(&json!({ "events": events }))
                 .send()
                 .await?;
-            anyhow::ensure!(resp.status() == 202, "batch publish: {}", resp.status());
+            let status = resp.status();
+            if status != 202 {
+                let answer = format!("{status} {}", resp.text().await.unwrap_or_default());
+                first_failure.lock().unwrap().get_or_insert(answer.clone());
+                anyhow::bail!("batch publish: {answer}");
+            }
             Ok(())
         }
     })
     .await;
-    anyhow::ensure!(failed == 0, "{failed} batch publishes failed");
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} batch publishes failed, the first with {}",
+        first_failure
+            .lock()
+            .unwrap()
+            .as_deref()
+            .unwrap_or("no answer (a connection error)")
+    );
     Ok(())
 }
