@@ -69,6 +69,9 @@ async fn main() -> anyhow::Result<()> {
     let (receiver, rx) = receiver::start()?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
+        // Under the service's keep-alive (actix: 5 s): a connection idle past it is closed by
+        // the server, and reusing it as it closes fails the request (seen in the ordered phase).
+        .pool_idle_timeout(std::time::Duration::from_secs(4))
         .build()?;
     let main_org = svc.org("bench").await?;
     svc.webhooks(&http, &main_org, 1, &format!("{receiver}/hook"))
