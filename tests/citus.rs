@@ -1028,3 +1028,104 @@ async fn failing_webhooks_are_deactivated_with_their_reason_on_citus() {
     );
     app.stop().await;
 }
+
+/// The per-organization claim keeps tenants apart on Citus: one organization's endpoint hangs
+/// past the delivery timeout with 200 deliveries queued, another publishes 1,000 events at once,
+/// and a third organization's deliveries still arrive within moments — the claim gives every
+/// organization with due work its share, and the hanging endpoint no more than its cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_endpoint_and_a_flood_do_not_delay_another_organization_on_citus() {
+    let Some(coordinator) = cluster_url() else {
+        return;
+    };
+    // API and workers apart, so every delivery goes through the claim (nothing handed off).
+    let app = app_on_citus(
+        &coordinator,
+        Roles::API,
+        &[
+            ("HOOKRELAY_DELIVERY_TIMEOUT", "2s"),
+            ("HOOKRELAY_LEASE", "10s"),
+            ("HOOKRELAY_WORKER_CONCURRENCY", "24"),
+            ("HOOKRELAY_ENDPOINT_CONCURRENCY", "4"),
+            ("HOOKRELAY_RETRY_SCHEDULE", "1h"),
+            ("HOOKRELAY_DISABLE_AFTER_FAILURES", "100000"),
+            ("HOOKRELAY_ORG_RATE_LIMIT", "0"),
+        ],
+    )
+    .await;
+    let hanging_org = app.create_org("hanging").await;
+    let hanging = Receiver::start().await;
+    hanging.set_default(Reply::slow(Duration::from_secs(30)));
+    app.create_webhook(&hanging_org, json!({"url": hanging.url, "events": ["*"]}))
+        .await;
+    let flooding_org = app.create_org("flooding").await;
+    let flooded = Receiver::start().await;
+    app.create_webhook(&flooding_org, json!({"url": flooded.url, "events": ["*"]}))
+        .await;
+    let quiet_org = app.create_org("quiet").await;
+    let quiet = Receiver::start().await;
+    app.create_webhook(&quiet_org, json!({"url": quiet.url, "events": ["*"]}))
+        .await;
+    for (org, count) in [(&hanging_org, 200), (&flooding_org, 1000)] {
+        let events = (0..count)
+            .map(|i| json!({"event": "device.updated", "data": {"i": i}}))
+            .collect();
+        app.publish_batch(&org.token, events).await;
+    }
+    let workers = hookrelay::build(&app.config, None, Roles::WORKER)
+        .await
+        .unwrap();
+    assert!(
+        !hanging
+            .wait_for(1, Duration::from_secs(10))
+            .await
+            .is_empty(),
+        "the hanging endpoint is being sent to"
+    );
+
+    let mut latencies = Vec::new();
+    for round in 0..10 {
+        let at = std::time::Instant::now();
+        let (status, body) = app
+            .publish(
+                &quiet_org.token,
+                json!({"event": "device.online", "data": {"round": round}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let hits = quiet.wait_for(round + 1, Duration::from_secs(10)).await;
+        assert_eq!(
+            hits.len(),
+            round + 1,
+            "the quiet organization's delivery arrives"
+        );
+        latencies.push(hits[round].at.duration_since(at));
+    }
+    latencies.sort();
+    // Waiting behind the hanging endpoint would take its 2 s timeout at least.
+    let worst = *latencies.last().unwrap();
+    assert!(
+        worst < Duration::from_millis(1500),
+        "the quiet organization waited up to {worst:?}: {latencies:?}"
+    );
+
+    // Each hanging request is held until the 2 s timeout: those of the first 1.5 s were all
+    // open at once, and never more than the endpoint's cap.
+    let hits = hanging.hits();
+    let first = hits[0].at;
+    let open_together = hits
+        .iter()
+        .filter(|h| h.at.duration_since(first) < Duration::from_millis(1500))
+        .count();
+    assert!(
+        open_together <= 4,
+        "{open_together} attempts open at once to one endpoint (cap 4)"
+    );
+    // And the flood drains completely.
+    assert_eq!(
+        flooded.wait_for(1000, Duration::from_secs(90)).await.len(),
+        1000
+    );
+    workers.stop().await;
+    app.stop().await;
+}
