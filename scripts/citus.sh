@@ -6,8 +6,8 @@
 #                            (.data/citus-worker1, -worker2, the next free ports), fsync off,
 #                            registered with each other; database `hookrelay` with the extension
 #   scripts/citus.sh bench   the same for `make bench`, durable (fsync on) and apart from the
-#                            tests' (.data/citus-bench-*, ports from 54379), with a fresh database
-#                            `hookrelay_bench` on every node each time
+#                            tests' (.data/citus-bench-*, ports from 54379), database
+#                            `hookrelay_bench`
 #   scripts/citus.sh stop    stops the clusters
 #   scripts/citus.sh drop-test-dbs   drops the previous run's hr_test_* databases on every node
 #
@@ -196,40 +196,21 @@ for n in "${nodes[@]}"; do
   next=$((port_of[$n] + 1))
 done
 
+# A fresh database on every node each time, registered anew: it holds nothing but the cluster's
+# metadata (the tests make databases of their own from it), and nodes restarted on other ports
+# (theirs taken) would leave stale metadata that Citus then fails to reach.
 db=hookrelay
-if [ "$mode" = bench ]; then
-  db=hookrelay_bench
-  for n in "${nodes[@]}"; do
-    psql_at "${port_of[$n]}" postgres "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
-  done
-fi
+[ "$mode" = bench ] && db=hookrelay_bench
 for n in "${nodes[@]}"; do
   p="${port_of[$n]}"
-  if [ "$(psql_at "$p" postgres "SELECT count(*) FROM pg_database WHERE datname = '$db'")" = 0 ]; then
-    psql_at "$p" postgres "CREATE DATABASE $db" >/dev/null
-  fi
-  psql_at "$p" "$db" "CREATE EXTENSION IF NOT EXISTS citus" >/dev/null
+  psql_at "$p" postgres "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+  psql_at "$p" postgres "CREATE DATABASE $db" >/dev/null
+  psql_at "$p" "$db" "CREATE EXTENSION citus" >/dev/null
 done
-
-# Workers are registered once by host and port; a worker restarted on another port (its own was
-# taken) is moved in the metadata rather than added twice.
 cp="${port_of[coordinator]}"
 psql_at "$cp" "$db" "SELECT citus_set_coordinator_host('127.0.0.1', $cp)" >/dev/null
 for n in worker1 worker2; do
-  p="${port_of[$n]}"
-  marker="$data/$prefix-$n/hookrelay-nodeid"
-  if [ "$mode" = bench ]; then
-    # A fresh database: its metadata has no node yet.
-    psql_at "$cp" "$db" "SELECT citus_add_node('127.0.0.1', $p)" >/dev/null
-  elif [ -f "$marker" ]; then
-    id="$(cat "$marker")"
-    registered="$(psql_at "$cp" "$db" "SELECT nodeport FROM pg_dist_node WHERE nodeid = $id")"
-    if [ "$registered" != "$p" ]; then
-      psql_at "$cp" "$db" "SELECT citus_update_node($id, '127.0.0.1', $p)" >/dev/null
-    fi
-  else
-    psql_at "$cp" "$db" "SELECT citus_add_node('127.0.0.1', $p)" >"$marker"
-  fi
+  psql_at "$cp" "$db" "SELECT citus_add_node('127.0.0.1', ${port_of[$n]})" >/dev/null
 done
 
 echo "postgres://postgres@127.0.0.1:$cp/$db"
