@@ -193,15 +193,73 @@ async fn tenants_keys_webhooks_publish_and_hubble_ingest_work_on_citus() {
 /// Statements of one organization with `INSERT … SELECT FROM unnest(…)` steps, which Citus
 /// pulls through the coordinator (their rows all land on the organization's shard; the other
 /// steps run on it).
-const THROUGH_THE_COORDINATOR: &[&str] =
-    &["lease rescue of one organization", "batch flush", "publish"];
+const THROUGH_THE_COORDINATOR: &[&str] = &["lease rescue of one organization", "batch flush"];
+
+/// The router inserts of publishing (`events::routed`) and of the record (attempt rows, the
+/// metrics rollup), as sent for two rows of one organization.
+fn router_inserts() -> Vec<SingleShardStatement> {
+    use hookrelay_storage::events::routed;
+    use hookrelay_storage::values::{Statement, values_statement};
+    let two_rows =
+        |name: &'static str, (head, tail, columns): Statement, types: &str, row: &str| {
+            SingleShardStatement {
+                name,
+                sql: values_statement(head, tail, columns, 2).leak(),
+                parameter_types: format!("{types}, {types}").leak(),
+                example_arguments: format!("{row}, {}", row.replace("$N", "2"))
+                    .replace("$N", "1")
+                    .leak(),
+            }
+        };
+    vec![
+        two_rows(
+            "publish: events",
+            routed::INSERT_EVENTS,
+            "uuid, uuid, text, jsonb, text, uuid, text, timestamptz",
+            "'00000000-0000-0000-0000-00000000000$N', '$ORG', 'device.online', '{}', NULL, NULL, 'd-$N', now()",
+        ),
+        two_rows(
+            "publish: deliveries",
+            routed::INSERT_DELIVERIES,
+            "uuid, uuid, uuid, text, uuid, jsonb, text, text, timestamptz",
+            "gen_random_uuid(), '$ORG', gen_random_uuid(), 'device.online', gen_random_uuid(), '{}', 'pending', NULL, now()",
+        ),
+        two_rows(
+            "publish: the ordering keys' queues",
+            routed::UPSERT_KEY_QUEUES,
+            "uuid, uuid, text, bigint, int",
+            "'$ORG', gen_random_uuid(), 'key-$N', 1, 1",
+        ),
+        two_rows(
+            "publish: jobs",
+            routed::INSERT_JOBS,
+            "uuid, uuid, uuid, text, int, timestamptz, timestamptz, int, timestamptz, text, text, bigint",
+            "gen_random_uuid(), '$ORG', gen_random_uuid(), 'available', 5, now(), now(), 0, NULL, NULL, NULL, NULL",
+        ),
+        two_rows(
+            "publish: batch items",
+            routed::INSERT_BATCH_ITEMS,
+            "uuid, uuid, text, timestamptz, uuid",
+            "'$ORG', gen_random_uuid(), 'device.online', now(), gen_random_uuid()",
+        ),
+        two_rows(
+            "record: attempts",
+            hookrelay_queue::jobs::by_organization::INSERT_ATTEMPTS,
+            "uuid, uuid, uuid, uuid, int, text, int, text, text, text, int, timestamptz",
+            "gen_random_uuid(), '$ORG', gen_random_uuid(), gen_random_uuid(), 1, 'https://example.com', 200, 'ok', 'utf8', NULL, 5, now()",
+        ),
+        two_rows(
+            "record: the metrics rollup",
+            hookrelay_storage::metrics::ADD_ATTEMPTS_ROUTED,
+            "uuid, uuid, timestamptz, bigint, bigint, bigint, bigint[], int",
+            "'$ORG', gen_random_uuid(), date_trunc('hour', now()) + interval '$N hour', 1, 1, 0, '{1,0}', 5",
+        ),
+    ]
+}
 
 /// The statements of delivery on Citus (`Layout::ByOrganization`), each meant for one shard:
 /// the per-organization claim, the refill, the load, parking, the record's statements and the
-/// ordering release; and publish's statement (see [`THROUGH_THE_COORDINATOR`]). The record's
-/// attempt rows and metrics rollup are not here: the one-PostgreSQL statements, run per
-/// organization, `INSERT … SELECT FROM unnest(…)` pulled through the coordinator
-/// (docs/decisions.md).
+/// ordering release (the record's attempt rows and rollup are in [`router_inserts`]).
 fn delivery_statements() -> Vec<SingleShardStatement> {
     use hookrelay_queue::jobs::{self, by_organization as org};
     vec![
@@ -289,12 +347,6 @@ fn delivery_statements() -> Vec<SingleShardStatement> {
             parameter_types: "uuid, uuid[], text[]",
             example_arguments: "'$ORG', ARRAY[gen_random_uuid()], ARRAY['key']",
         },
-        SingleShardStatement {
-            name: "publish",
-            sql: hookrelay_storage::events::PUBLISH,
-            parameter_types: "uuid, uuid[], text[], jsonb[], text[], uuid[], timestamptz, text, uuid[], uuid[], uuid[], text[], int, text[], uuid[], text[], uuid[], text[], float8, text, text[]",
-            example_arguments: "'$ORG', ARRAY['00000000-0000-0000-0000-000000000001'::uuid], ARRAY['device.online'], ARRAY['{}'::jsonb], ARRAY[NULL::text], ARRAY[NULL::uuid], now(), '2026-12-02T00:00:00.000Z', ARRAY[gen_random_uuid()], ARRAY[gen_random_uuid()], ARRAY['00000000-0000-0000-0000-000000000001'::uuid], ARRAY['available'], 5, ARRAY['json'], '{}', '{}', '{}', ARRAY[NULL::text], 30, '', ARRAY[NULL::text]",
-        },
     ]
 }
 
@@ -320,7 +372,8 @@ async fn statements_of_one_organization_run_on_one_shard() {
             parameter_types: "uuid, uuid, text, bigint, float8, uuid, int, text, text",
             example_arguments: "'$ORG', gen_random_uuid(), 'device.online', 10, 1.0, gen_random_uuid(), 5, '2026-12-02T00:00:00.000Z', ''",
         }])
-        .chain(delivery_statements());
+        .chain(delivery_statements())
+        .chain(router_inserts());
     for (i, statement) in statements.enumerate() {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "PREPARE routed_{i}({}) AS {}",

@@ -334,3 +334,113 @@ async fn malformed_ordering_keys_are_refused_naming_the_field_and_storing_nothin
     .await;
     assert_eq!(status, 404);
 }
+
+/// Every delivery of an organization, as comparable across organizations: in publish order,
+/// the event, its key, the webhook (by URL), the delivery's status, key and body (less what names
+/// the event or webhook, checked against them here), and its job's state, attempt, key and
+/// place in its key's queue.
+async fn published_rows(app: &TestApp, org: &Org) -> Vec<Value> {
+    let rows: Vec<(Value, bool)> = sqlx::query_as(
+        "SELECT jsonb_build_array(e.event, e.data, e.ordering_key, w.url, d.status, d.ordering_key,
+                    d.payload - 'id' - 'webhook_id' - 'timestamp', j.state, j.attempt, j.ordering_key,
+                    j.key_seq),
+                (w.payload_format = 'hubble' AND NOT d.payload ? 'id')
+                OR (d.payload->>'id' = e.id::text AND d.payload->>'webhook_id' = w.id::text
+                    AND d.payload->>'timestamp' = to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+           FROM webhook_deliveries d
+           JOIN events e ON e.org_id = d.org_id AND e.id = d.event_id
+           JOIN webhooks w ON w.org_id = d.org_id AND w.id = d.webhook_id
+           JOIN delivery_jobs j ON j.org_id = d.org_id AND j.delivery_id = d.id
+          WHERE d.org_id = $1
+          ORDER BY e.id, w.url",
+    )
+    .bind(org.id)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    for (row, names_its_event) in &rows {
+        assert!(
+            names_its_event,
+            "a body names another event or webhook: {row}"
+        );
+    }
+    let mut rows: Vec<Value> = rows.into_iter().map(|(row, _)| row).collect();
+    let items: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_array(w.url, b.event, count(*))
+           FROM batch_items b JOIN webhooks w ON w.org_id = b.org_id AND w.id = b.webhook_id
+          WHERE b.org_id = $1 GROUP BY w.url, b.event ORDER BY w.url, b.event",
+    )
+    .bind(org.id)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    rows.extend(items);
+    rows
+}
+
+/// The routed publish (`Layout::ByOrganization`, Citus's router inserts) writes what the
+/// one-statement publish writes: the same events, deliveries, bodies (envelope and Hubble),
+/// jobs (parked, available, queued behind a key's head, with their places) and batch items;
+/// on plain PostgreSQL, so every CI run checks it.
+#[tokio::test]
+async fn the_routed_publish_writes_what_the_one_statement_publish_writes() {
+    use hookrelay_storage::Layout;
+    use hookrelay_storage::events::{NewEvent, publish_in};
+    let app = TestApp::spawn().await;
+    let hooks = [
+        json!({"url": "https://example.com/ordered", "events": ["*"], "ordering": "per_key", "active": false}),
+        json!({"url": "https://example.com/ordered-live", "events": ["device.*"], "ordering": "per_key"}),
+        json!({"url": "https://example.com/hubble", "events": ["hubble.packet", "device.*"], "payload_format": "hubble"}),
+        json!({"url": "https://example.com/batched", "events": ["hubble.packet"], "max_batch_size": 10}),
+        json!({"url": "https://example.com/filtered", "events": ["device.*"], "filter": {"/level": "high"}}),
+    ];
+    let event = |name: &str, data: Value, key: Option<&str>| NewEvent {
+        event: name.into(),
+        data,
+        idempotency_key: None,
+        ordering_key: key.map(str::to_owned),
+        source_id: None,
+    };
+    // Two publishes, so the second finds its keys' queues already holding the first's.
+    let publishes = [
+        vec![
+            event(
+                "device.online",
+                json!({"device_id": "d-1", "level": "high"}),
+                None,
+            ),
+            event("device.online", json!({"device_id": "d-1"}), None),
+            event(
+                "device.alert",
+                json!({"device_id": "d-2", "level": "low"}),
+                Some("custom"),
+            ),
+            event(
+                "hubble.packet",
+                json!({"device": {"id": "d-1"}, "payload": "aGk=", "payload_bytes": 2}),
+                None,
+            ),
+        ],
+        vec![
+            event("device.offline", json!({"device_id": "d-2"}), None),
+            event("user.created", json!({"user_id": 7}), None),
+            event("device.online", json!({"device_id": "d-1"}), Some("d-1")),
+        ],
+    ];
+    let mut written = Vec::new();
+    for layout in [Layout::Single, Layout::ByOrganization] {
+        let org = app.create_org(&format!("{layout:?}")).await;
+        for hook in &hooks {
+            app.create_webhook(&org, hook.clone()).await;
+        }
+        let mut conn = app.db.pool.acquire().await.unwrap();
+        for events in &publishes {
+            publish_in(layout, &mut conn, org.id, events, 6)
+                .await
+                .unwrap();
+        }
+        written.push(published_rows(&app, &org).await);
+    }
+    assert!(written[0].len() > 15, "{:#?}", written[0]);
+    assert_eq!(written[0], written[1]);
+}

@@ -112,8 +112,11 @@ impl ApiState {
             admission::Admission::new(settings.max_in_flight, settings.admission_wait, shed);
         let waker = hookrelay_storage::events::Waker::spawn(pool.clone());
         let max_attempts = hookrelay_queue::retry::max_attempts(&worker.retry_schedule);
-        let publisher =
-            hookrelay_storage::group_commit::GroupPublisher::spawn(pool.clone(), max_attempts);
+        let publisher = hookrelay_storage::group_commit::GroupPublisher::spawn(
+            pool.clone(),
+            worker.layout,
+            max_attempts,
+        );
         let probe_pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(std::time::Duration::from_secs(2))
@@ -143,6 +146,7 @@ impl ApiState {
     pub fn hand_off_to(mut self, handoff: Arc<dyn hookrelay_storage::events::Handoff>) -> Self {
         self.publisher = hookrelay_storage::group_commit::GroupPublisher::spawn_handing_off(
             self.pool.clone(),
+            self.worker.layout,
             self.max_attempts,
             Some(handoff),
         );

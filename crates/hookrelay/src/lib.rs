@@ -232,6 +232,7 @@ pub async fn build(
                 settings.allow_private_targets,
             ),
             hookrelay_ingest::pull::PullSettings {
+                layout,
                 max_attempts: hookrelay_queue::retry::max_attempts(&settings.retry_schedule),
                 ..hookrelay_ingest::pull::PullSettings::with_concurrency(config.pull_concurrency)
             },

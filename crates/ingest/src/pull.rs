@@ -25,6 +25,8 @@ use crate::hubble::{self, PACKET_EVENT};
 
 #[derive(Debug, Clone)]
 pub struct PullSettings {
+    /// The statements' shape for the database (router publishes on Citus).
+    pub layout: hookrelay_storage::Layout,
     /// How long a claimed pull stays with this worker (longer than a request can take).
     pub lease: Duration,
     /// Attempts each published event's deliveries get.
@@ -61,6 +63,7 @@ impl PullSettings {
 impl Default for PullSettings {
     fn default() -> Self {
         Self {
+            layout: hookrelay_storage::Layout::Single,
             lease: Duration::from_secs(120),
             max_attempts: 6,
             min_interval: Duration::from_millis(334),
@@ -302,6 +305,7 @@ async fn fetch_and_store(
     let mut tx = pool.begin().await?;
     let ingested = sources::record_packets(
         &mut tx,
+        settings.layout,
         job.org_id,
         job.id,
         PACKET_EVENT,

@@ -7,7 +7,7 @@
 //! overwrite a newer attempt.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -504,29 +504,59 @@ async fn record_group(
         latencies.push(i32::try_from(r.outcome.latency.as_millis()).unwrap_or(i32::MAX));
         started.push(r.started_at);
     }
-    let accepted: Vec<(Uuid, i32)> = sqlx::query_as(
-        "INSERT INTO webhook_delivery_attempts
+    let accepted: Vec<(Uuid, i32)> = match org {
+        None => {
+            sqlx::query_as(
+                "INSERT INTO webhook_delivery_attempts
              (id, org_id, delivery_id, webhook_id, attempt_number, url, response_status, response_body,
               response_body_encoding, error, latency_ms, started_at)
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::text[], $7::int[],
                               $8::text[], $9::text[], $10::text[], $11::int[], $12::timestamptz[])
          ON CONFLICT (org_id, delivery_id, attempt_number) DO NOTHING
          RETURNING delivery_id, attempt_number",
-    )
-    .bind(&ids)
-    .bind(&orgs)
-    .bind(&deliveries)
-    .bind(&webhooks)
-    .bind(&attempts)
-    .bind(&urls)
-    .bind(&statuses)
-    .bind(&bodies)
-    .bind(&encodings)
-    .bind(&errors)
-    .bind(&latencies)
-    .bind(&started)
-    .fetch_all(&mut *tx)
-    .await?;
+            )
+            .bind(&ids)
+            .bind(&orgs)
+            .bind(&deliveries)
+            .bind(&webhooks)
+            .bind(&attempts)
+            .bind(&urls)
+            .bind(&statuses)
+            .bind(&bodies)
+            .bind(&encodings)
+            .bind(&errors)
+            .bind(&latencies)
+            .bind(&started)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+        Some(_) => {
+            let rows: Vec<usize> = (0..n).collect();
+            hookrelay_storage::values::insert_rows(
+                &mut *tx,
+                by_organization::INSERT_ATTEMPTS,
+                &rows,
+                |q, &i| {
+                    q.bind(ids[i])
+                        .bind(orgs[i])
+                        .bind(deliveries[i])
+                        .bind(webhooks[i])
+                        .bind(attempts[i])
+                        .bind(&urls[i])
+                        .bind(statuses[i])
+                        .bind(bodies[i])
+                        .bind(encodings[i])
+                        .bind(&errors[i])
+                        .bind(latencies[i])
+                        .bind(started[i])
+                },
+            )
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?
+        }
+    };
     let accepted: std::collections::HashSet<(Uuid, i32)> = accepted.into_iter().collect();
     let kept: Vec<&Record> = records
         .iter()
@@ -658,6 +688,10 @@ async fn record_group(
     // attempt rows: only attempts accepted above count.
     hookrelay_storage::metrics::add_attempts(
         &mut *tx,
+        match org {
+            Some(_) => Layout::ByOrganization,
+            None => Layout::Single,
+        },
         kept.iter()
             .map(|r| hookrelay_storage::metrics::CountedAttempt {
                 org_id: r.job.org_id,
@@ -901,7 +935,18 @@ async fn update_health(
             ordering_key: None,
             source_id: None,
         };
-        hookrelay_storage::events::publish(&mut *tx, org_id, &[event], policy.max_attempts).await?;
+        let layout = match org {
+            Some(_) => Layout::ByOrganization,
+            None => Layout::Single,
+        };
+        hookrelay_storage::events::publish_in(
+            layout,
+            &mut *tx,
+            org_id,
+            &[event],
+            policy.max_attempts,
+        )
+        .await?;
     }
     Ok(())
 }

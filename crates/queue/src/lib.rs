@@ -47,18 +47,9 @@ impl From<sqlx::Error> for QueueError {
     }
 }
 
-/// How the queue's statements are shaped for the database behind the pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Layout {
-    /// One PostgreSQL: statements span organizations (the claim's fairness skip scan, batched
-    /// loads and records).
-    #[default]
-    Single,
-    /// Citus, distributed by `org_id`: every statement that changes or locks queue rows names
-    /// one organization, so it runs on that organization's shard; fairness across
-    /// organizations moves into the worker (`jobs::by_organization`).
-    ByOrganization,
-}
+/// How the statements are shaped for the database behind the pool (moved to storage: publishing
+/// depends on it too).
+pub use hookrelay_storage::Layout;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {

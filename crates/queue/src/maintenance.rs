@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use crate::{QueueError, WorkerSettings, metrics::QueueMetrics, sleep_or_stop};
+use crate::{Layout, QueueError, WorkerSettings, metrics::QueueMetrics, sleep_or_stop};
 
 /// Rows deleted per statement: small enough that no lock is held for long.
 const PRUNE_BATCH: i64 = 1000;
@@ -162,7 +162,8 @@ async fn rescue_expired_leases_of(
                 latency_ms: None,
             },
         );
-    hookrelay_storage::metrics::add_attempts(&mut tx, recorded).await?;
+    // One organization's: router inserts.
+    hookrelay_storage::metrics::add_attempts(&mut tx, Layout::ByOrganization, recorded).await?;
     tx.commit().await?;
     Ok(u64::try_from(rescued).unwrap_or(0))
 }

@@ -14,12 +14,15 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{Connection, PgConnection, PgExecutor};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use uuid::Uuid;
 
+use crate::Layout;
 use crate::routing::{filter_matches, subscribed};
+
+pub mod routed;
 
 /// The channel workers LISTEN on.
 pub const JOBS_CHANNEL: &str = "hookrelay_jobs";
@@ -195,21 +198,19 @@ pub async fn publish(
     events: &[NewEvent],
     max_attempts: i32,
 ) -> Result<Vec<Published>, PublishError> {
-    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-    publish_with_ids(conn, org_id, events, &ids, max_attempts).await
+    publish_in(Layout::Single, conn, org_id, events, max_attempts).await
 }
 
-/// [`publish`] with the event ids chosen by the caller (ingest records them with each packet
-/// before publishing); `ids` pairs with `events`.
-pub async fn publish_with_ids(
+/// [`publish`] in the statements' shape for `layout` (router inserts on Citus, see `routed`).
+pub async fn publish_in(
+    layout: Layout,
     conn: &mut PgConnection,
     org_id: Uuid,
     events: &[NewEvent],
-    ids: &[Uuid],
     max_attempts: i32,
 ) -> Result<Vec<Published>, PublishError> {
     Ok(
-        publish_cow(conn, org_id, Cow::Borrowed(events), ids, max_attempts, None)
+        publish_fresh(layout, conn, org_id, events, max_attempts, None)
             .await?
             .0,
     )
@@ -220,42 +221,57 @@ pub async fn publish_with_ids(
 /// committed, or gives them back with [`Handoff::release`] if it is not. Events with
 /// idempotency keys are not handed off.
 pub async fn publish_handing_off(
+    layout: Layout,
     conn: &mut PgConnection,
     org_id: Uuid,
     events: &[NewEvent],
     max_attempts: i32,
     handoff: &dyn Handoff,
 ) -> Result<(Vec<Published>, Vec<HandedOff>), PublishError> {
-    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-    publish_cow(
-        conn,
-        org_id,
-        Cow::Borrowed(events),
-        &ids,
-        max_attempts,
-        Some(handoff),
-    )
-    .await
+    publish_fresh(layout, conn, org_id, events, max_attempts, Some(handoff)).await
 }
 
-/// [`publish_with_ids`] that consumes `events`: each event's data moves into the statement's
+/// Publishes borrowed `events` under new ids.
+async fn publish_fresh(
+    layout: Layout,
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    events: &[NewEvent],
+    max_attempts: i32,
+    handoff: Option<&dyn Handoff>,
+) -> Result<(Vec<Published>, Vec<HandedOff>), PublishError> {
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    let events = Cow::Borrowed(events);
+    publish_cow(layout, conn, org_id, events, &ids, max_attempts, handoff).await
+}
+
+/// [`publish_in`] with the event ids chosen by the caller (ingest records them with each
+/// packet before publishing; `ids` pairs with `events`), consuming `events`: each event's data moves into the statement's
 /// parameters, and is freed once encoded, instead of being copied (a 16 MiB Hubble batch would
 /// otherwise be held twice more while it is written).
 pub async fn publish_owned_with_ids(
+    layout: Layout,
     conn: &mut PgConnection,
     org_id: Uuid,
     events: Vec<NewEvent>,
     ids: &[Uuid],
     max_attempts: i32,
 ) -> Result<Vec<Published>, PublishError> {
-    Ok(
-        publish_cow(conn, org_id, Cow::Owned(events), ids, max_attempts, None)
-            .await?
-            .0,
+    Ok(publish_cow(
+        layout,
+        conn,
+        org_id,
+        Cow::Owned(events),
+        ids,
+        max_attempts,
+        None,
     )
+    .await?
+    .0)
 }
 
 async fn publish_cow(
+    layout: Layout,
     conn: &mut PgConnection,
     org_id: Uuid,
     mut events: Cow<'_, [NewEvent]>,
@@ -374,13 +390,11 @@ async fn publish_cow(
         }));
     }
 
-    let lease = handoff.map(|h| h.lease());
-    let inserted = insert_all(
-        &mut *conn,
+    let rows = Rows {
         org_id,
         max_attempts,
         now,
-        (
+        events: (
             &ev_ids,
             &ev_names,
             ev_data,
@@ -388,11 +402,26 @@ async fn publish_cow(
             &ev_sources,
             &ev_order,
         ),
-        &deliveries,
-        &batched,
-        lease,
-    )
-    .await;
+        deliveries: &deliveries,
+        batched: &batched,
+        lease: handoff.map(|h| h.lease()),
+    };
+    let inserted = match layout {
+        Layout::Single => insert_all(&mut *conn, rows).await,
+        // Several statements: atomic only in a transaction (the caller's, or one of their own).
+        Layout::ByOrganization if conn.is_in_transaction() => {
+            routed::insert_all(&mut *conn, rows).await
+        }
+        Layout::ByOrganization => {
+            async {
+                let mut tx = conn.begin().await?;
+                let sendables = routed::insert_all(&mut tx, rows).await?;
+                tx.commit().await?;
+                Ok(sendables)
+            }
+            .await
+        }
+    };
     let mut sendables = match inserted {
         Ok(sendables) => sendables,
         Err(err) => {
@@ -446,6 +475,18 @@ type EventColumns<'a> = (
     &'a [Option<Uuid>],
     &'a [Option<String>],
 );
+
+/// What one publish of one organization writes, as [`insert_all`] and `routed::insert_all` take
+/// it. Jobs handed off (state `running`) are leased to `lease`'s worker.
+struct Rows<'a> {
+    org_id: Uuid,
+    max_attempts: i32,
+    now: DateTime<Utc>,
+    events: EventColumns<'a>,
+    deliveries: &'a DeliveryRows,
+    batched: &'a BatchRows,
+    lease: Option<(&'a str, std::time::Duration)>,
+}
 
 /// One (event, webhook) delivery per index.
 #[derive(Default)]
@@ -561,16 +602,17 @@ pub const PUBLISH: &str = concat!(
 /// cannot deadlock), which hands out their places in publish order and tells whether the first
 /// of them is the key's head. Only the head keeps its state (`available`, `running` or
 /// `parked`); the others are inserted `queued`. Returns the deliveries inserted `running`.
-#[allow(clippy::too_many_arguments)]
 async fn insert_all(
     conn: &mut PgConnection,
-    org_id: Uuid,
-    max_attempts: i32,
-    now: DateTime<Utc>,
-    (ev_ids, ev_names, ev_data, ev_keys, ev_sources, ev_order): EventColumns<'_>,
-    deliveries: &DeliveryRows,
-    batched: &BatchRows,
-    lease: Option<(&str, std::time::Duration)>,
+    Rows {
+        org_id,
+        max_attempts,
+        now,
+        events: (ev_ids, ev_names, ev_data, ev_keys, ev_sources, ev_order),
+        deliveries,
+        batched,
+        lease,
+    }: Rows<'_>,
 ) -> Result<HashMap<Uuid, Sendable>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {

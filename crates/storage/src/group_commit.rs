@@ -5,15 +5,18 @@
 //!
 //! Groups form by themselves: while `WRITERS` groups are being written, new requests queue, and
 //! the next group takes all of them (up to `MAX_GROUP`). A lone request waits for nothing.
+//! On Citus ([`Layout::ByOrganization`]) a group is written as one transaction per organization,
+//! side by side: one transaction across organizations on several nodes would commit with
+//! two-phase commit.
 
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::StorageError;
 use crate::events::{
-    HandedOff, Handoff, NewEvent, PublishError, Published, publish, publish_handing_off,
+    HandedOff, Handoff, NewEvent, PublishError, Published, publish_handing_off, publish_in,
 };
+use crate::{Layout, StorageError};
 
 /// Most events written in one group.
 const MAX_GROUP: usize = 128;
@@ -37,14 +40,15 @@ pub struct GroupPublisher {
 
 impl GroupPublisher {
     /// Starts the grouping task on the current Tokio runtime; it ends when every clone is dropped.
-    pub fn spawn(pool: sqlx::PgPool, max_attempts: i32) -> Self {
-        Self::spawn_handing_off(pool, max_attempts, None)
+    pub fn spawn(pool: sqlx::PgPool, layout: Layout, max_attempts: i32) -> Self {
+        Self::spawn_handing_off(pool, layout, max_attempts, None)
     }
 
     /// [`GroupPublisher::spawn`] for a process with its own delivery worker: what that worker
     /// has room for is leased to it in the publishing statement and handed over at commit.
     pub fn spawn_handing_off(
         pool: sqlx::PgPool,
+        layout: Layout,
         max_attempts: i32,
         handoff: Option<Arc<dyn Handoff>>,
     ) -> Self {
@@ -63,11 +67,19 @@ impl GroupPublisher {
                         Err(_) => break,
                     }
                 }
-                let (pool, handoff) = (pool.clone(), handoff.clone());
-                tokio::spawn(async move {
-                    write(&pool, group, max_attempts, handoff.as_deref()).await;
-                    drop(writer);
-                });
+                let parts = match layout {
+                    Layout::Single => vec![group],
+                    Layout::ByOrganization => by_organization(group),
+                };
+                // The writer's permit goes back when its last part is written.
+                let writer = Arc::new(writer);
+                for part in parts {
+                    let (pool, handoff, writer) = (pool.clone(), handoff.clone(), writer.clone());
+                    tokio::spawn(async move {
+                        write(&pool, layout, part, max_attempts, handoff.as_deref()).await;
+                        drop(writer);
+                    });
+                }
             }
         });
         Self { queue }
@@ -92,6 +104,18 @@ impl GroupPublisher {
     }
 }
 
+/// `group` split by organization, each part in arrival order.
+fn by_organization(group: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let mut parts: Vec<Vec<Pending>> = Vec::new();
+    for pending in group {
+        match parts.iter_mut().find(|p| p[0].org_id == pending.org_id) {
+            Some(part) => part.push(pending),
+            None => parts.push(vec![pending]),
+        }
+    }
+    parts
+}
+
 fn stopped() -> PublishError {
     PublishError::Storage(StorageError::Unavailable(sqlx::Error::PoolClosed))
 }
@@ -99,11 +123,12 @@ fn stopped() -> PublishError {
 /// Writes a group and answers each of its requests.
 async fn write(
     pool: &sqlx::PgPool,
+    layout: Layout,
     group: Vec<Pending>,
     max_attempts: i32,
     handoff: Option<&dyn Handoff>,
 ) {
-    match store(pool, &group, max_attempts, handoff).await {
+    match store(pool, layout, &group, max_attempts, handoff).await {
         Ok(answers) => {
             for (pending, answer) in group.into_iter().zip(answers) {
                 let _ = pending.answer.send(Ok(answer));
@@ -116,7 +141,8 @@ async fn write(
             for pending in group {
                 let alone = async {
                     let mut conn = pool.acquire().await?;
-                    let mut published = publish(
+                    let mut published = publish_in(
+                        layout,
                         &mut conn,
                         pending.org_id,
                         std::slice::from_ref(&pending.event),
@@ -149,12 +175,13 @@ fn is_transient(err: &PublishError) -> bool {
 /// What was leased to the local worker is handed over once committed, and given back if not.
 async fn store(
     pool: &sqlx::PgPool,
+    layout: Layout,
     group: &[Pending],
     max_attempts: i32,
     handoff: Option<&dyn Handoff>,
 ) -> Result<Vec<Published>, PublishError> {
     let mut handed: Vec<HandedOff> = Vec::new();
-    let stored = store_leasing(pool, group, max_attempts, handoff, &mut handed).await;
+    let stored = store_leasing(pool, layout, group, max_attempts, handoff, &mut handed).await;
     if let Some(h) = handoff {
         match &stored {
             Ok(_) => h.take(handed),
@@ -166,6 +193,7 @@ async fn store(
 
 async fn store_leasing(
     pool: &sqlx::PgPool,
+    layout: Layout,
     group: &[Pending],
     max_attempts: i32,
     handoff: Option<&dyn Handoff>,
@@ -191,11 +219,11 @@ async fn store_leasing(
         let published = match handoff {
             Some(h) => {
                 let (published, leased) =
-                    publish_handing_off(conn, org_id, &events, max_attempts, h).await?;
+                    publish_handing_off(layout, conn, org_id, &events, max_attempts, h).await?;
                 handed.extend(leased);
                 published
             }
-            None => publish(conn, org_id, &events, max_attempts).await?,
+            None => publish_in(layout, conn, org_id, &events, max_attempts).await?,
         };
         for (place, answer) in places.into_iter().zip(published) {
             answers[place] = Some(answer);
@@ -203,7 +231,8 @@ async fn store_leasing(
         Ok::<_, PublishError>(())
     };
     if let [org_id] = orgs[..] {
-        // One statement is atomic by itself: no transaction round trips.
+        // One statement is atomic by itself: no transaction round trips (a routed publish
+        // opens its own).
         let mut conn = pool.acquire().await?;
         publish_org(&mut conn, org_id).await?;
     } else {

@@ -21,10 +21,25 @@ pub mod page;
 mod pool;
 pub mod routing;
 pub mod sources;
+pub mod values;
 pub mod webhooks;
 
 pub use crypto::SecretBox;
 pub use error::StorageError;
 pub use pool::{PoolOptions, connect, migrate, wait_until_reachable};
+
+/// How the statements are shaped for the database behind the pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// One PostgreSQL: statements span organizations (the claim's fairness skip scan, batched
+    /// loads and records).
+    #[default]
+    Single,
+    /// Citus, distributed by `org_id`: every statement that changes or locks queue rows names
+    /// one organization, so it runs on that organization's shard; fairness across
+    /// organizations moves into the worker (the queue's `jobs::by_organization`), and a publish
+    /// writes with router inserts, one organization per transaction ([`events`]).
+    ByOrganization,
+}
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -6,6 +6,8 @@
 
 use chrono::{DateTime, Duration, Timelike, Utc};
 use sqlx::{PgConnection, PgExecutor};
+
+use crate::Layout;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -130,6 +132,19 @@ impl AttemptCounts {
     }
 }
 
+/// [`add_attempts`]' rows as router inserts. Public so tests/citus.rs can read its plan.
+pub const ADD_ATTEMPTS_ROUTED: crate::values::Statement = (
+    "INSERT INTO webhook_metrics_hourly AS m
+            (org_id, webhook_id, hour, attempts, successes, failures, latency_buckets, latency_max_ms)",
+    " ON CONFLICT (org_id, webhook_id, hour) DO UPDATE
+        SET attempts = m.attempts + excluded.attempts,
+            successes = m.successes + excluded.successes,
+            failures = m.failures + excluded.failures,
+            latency_buckets = hookrelay_add_buckets(m.latency_buckets, excluded.latency_buckets),
+            latency_max_ms = greatest(m.latency_max_ms, excluded.latency_max_ms)",
+    8,
+);
+
 /// One recorded attempt, as the rollup counts it.
 #[derive(Debug, Clone, Copy)]
 pub struct CountedAttempt {
@@ -143,9 +158,11 @@ pub struct CountedAttempt {
 
 /// Adds recorded attempts to `webhook_metrics_hourly` in one statement, summed per (organization,
 /// webhook, hour) first: one row per group, in key order, so two writers lock shared rows in the
-/// same order and never deadlock each other here.
+/// same order and never deadlock each other here. With [`Layout::ByOrganization`] the attempts
+/// are one organization's, written as router inserts ([`crate::values`]).
 pub async fn add_attempts(
     conn: &mut PgConnection,
+    layout: Layout,
     attempts: impl IntoIterator<Item = CountedAttempt>,
 ) -> crate::Result<()> {
     let mut groups: BTreeMap<(Uuid, Uuid, DateTime<Utc>), AttemptCounts> = BTreeMap::new();
@@ -168,6 +185,26 @@ pub async fn add_attempts(
         }
     }
     if groups.is_empty() {
+        return Ok(());
+    }
+    if layout == Layout::ByOrganization {
+        let rows: Vec<_> = groups.into_iter().collect();
+        crate::values::insert_rows(
+            conn,
+            ADD_ATTEMPTS_ROUTED,
+            &rows,
+            |q, ((org, hook, hour), g)| {
+                q.bind(*org)
+                    .bind(*hook)
+                    .bind(*hour)
+                    .bind(g.attempts)
+                    .bind(g.successes)
+                    .bind(g.failures)
+                    .bind(&g.latency_buckets)
+                    .bind(g.latency_max_ms)
+            },
+        )
+        .await?;
         return Ok(());
     }
     let n = groups.len();

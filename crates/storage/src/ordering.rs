@@ -17,12 +17,16 @@ use uuid::Uuid;
 /// would be without ordering. `keyed` upserts each key's row (sorted, so statements locking
 /// several keys cannot deadlock), and `placed` gives each job its `queue_state` (`state` for a
 /// key's head, else `queued`) and `seq` (its place in the key's queue).
+///
+/// Every statement that locks key rows takes them in byte order (`COLLATE "C"`, as Rust orders
+/// strings and uuids), whatever the database's collation, so that the routed publish of
+/// `events::routed`, which sorts its keys in Rust, locks in the same order as the rest.
 macro_rules! key_queue_ctes {
     () => {
         "keyed AS (
              INSERT INTO delivery_key_queues AS q (org_id, webhook_id, ordering_key, next_seq, unfinished)
              SELECT $1, webhook_id, okey, count(*), count(*) FROM jobs WHERE okey IS NOT NULL
-              GROUP BY webhook_id, okey ORDER BY webhook_id, okey
+              GROUP BY webhook_id, okey ORDER BY webhook_id, okey COLLATE \"C\"
              ON CONFLICT (org_id, webhook_id, ordering_key) DO UPDATE
                 SET next_seq = q.next_seq + excluded.next_seq, unfinished = q.unfinished + excluded.unfinished
              RETURNING webhook_id, ordering_key, next_seq, unfinished),
@@ -68,7 +72,7 @@ pub async fn release(conn: &mut PgConnection, ended: &[EndedHead]) -> crate::Res
         "SELECT 1 FROM delivery_key_queues q
           WHERE (q.org_id, q.webhook_id, q.ordering_key) IN
                 (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]))
-          ORDER BY q.org_id, q.webhook_id, q.ordering_key
+          ORDER BY q.org_id, q.webhook_id, q.ordering_key COLLATE \"C\"
             FOR UPDATE",
     )
     .bind(&orgs)
@@ -141,7 +145,7 @@ pub async fn release_in_organization(
 pub const LOCK_KEYS_OF_ORGANIZATION: &str = "SELECT 1 FROM delivery_key_queues q
           WHERE q.org_id = $1
             AND (q.webhook_id, q.ordering_key) IN (SELECT * FROM unnest($2::uuid[], $3::text[]))
-          ORDER BY q.webhook_id, q.ordering_key
+          ORDER BY q.webhook_id, q.ordering_key COLLATE \"C\"
             FOR UPDATE";
 
 /// The second statement of [`release_in_organization`] (parameters as

@@ -323,6 +323,7 @@ pub struct Ingested {
 /// `source_packet_metrics_hourly` (received, accepted, duplicates), in the same transaction.
 pub async fn record_packets<'p>(
     conn: &mut PgConnection,
+    layout: crate::Layout,
     org_id: Uuid,
     source_id: Uuid,
     event: &str,
@@ -389,7 +390,7 @@ pub async fn record_packets<'p>(
             chunk.push(e);
             chunk_ids.push(id);
         }
-        publish_owned_with_ids(&mut *conn, org_id, chunk, &chunk_ids, max_attempts).await?;
+        publish_owned_with_ids(layout, &mut *conn, org_id, chunk, &chunk_ids, max_attempts).await?;
     }
     // Counted with the packets themselves: if the ingest rolls back, so does its count.
     let (accepted_n, duplicates_n) = (

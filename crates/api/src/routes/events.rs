@@ -205,10 +205,24 @@ async fn store(state: &ApiState, org_id: Uuid, events: Vec<NewEvent>) -> ApiResu
         vec![state.publisher.publish(org_id, event).await?]
     } else if events.iter().all(|e| e.idempotency_key.is_none()) {
         let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
-        events::publish(&mut conn, org_id, &events, state.max_attempts).await?
+        events::publish_in(
+            state.worker.layout,
+            &mut conn,
+            org_id,
+            &events,
+            state.max_attempts,
+        )
+        .await?
     } else {
         let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
-        let published = events::publish(&mut tx, org_id, &events, state.max_attempts).await?;
+        let published = events::publish_in(
+            state.worker.layout,
+            &mut tx,
+            org_id,
+            &events,
+            state.max_attempts,
+        )
+        .await?;
         tx.commit().await.map_err(StorageError::from)?;
         published
     };

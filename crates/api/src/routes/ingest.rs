@@ -249,6 +249,7 @@ pub async fn hubble_push(
         .map_err(StorageError::from)?;
     let ingested = sources::record_packets(
         &mut tx,
+        state.worker.layout,
         target.source.org_id,
         target.source.id,
         hubble::PACKET_EVENT,
@@ -324,7 +325,8 @@ pub async fn signed_push(
     )
     .await?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
-    let mut published = hookrelay_storage::events::publish(
+    let mut published = hookrelay_storage::events::publish_in(
+        state.worker.layout,
         &mut conn,
         target.source.org_id,
         &[NewEvent {

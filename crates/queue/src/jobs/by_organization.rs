@@ -124,6 +124,16 @@ pub const PARK: &str = "UPDATE delivery_jobs j
 
 /// The record's update of the deliveries' latest state, within organization `$10`; `$9` when
 /// each was delivered (bound: Citus refuses `now()` in a `CASE` of a distributed update).
+/// The record's attempt rows, as router inserts (`hookrelay_storage::values`).
+pub const INSERT_ATTEMPTS: hookrelay_storage::values::Statement = (
+    "INSERT INTO webhook_delivery_attempts
+         (id, org_id, delivery_id, webhook_id, attempt_number, url, response_status, response_body,
+          response_body_encoding, error, latency_ms, started_at)",
+    " ON CONFLICT (org_id, delivery_id, attempt_number) DO NOTHING
+     RETURNING delivery_id, attempt_number",
+    12,
+);
+
 pub const RECORD_DELIVERIES: &str = "UPDATE webhook_deliveries d
             SET status = u.status, response_status = u.code, response_body = u.body,
                 response_body_encoding = u.encoding, attempt_number = u.attempt,
