@@ -688,10 +688,7 @@ async fn record_group(
     // attempt rows: only attempts accepted above count.
     hookrelay_storage::metrics::add_attempts(
         &mut *tx,
-        match org {
-            Some(_) => Layout::ByOrganization,
-            None => Layout::Single,
-        },
+        layout_of(org),
         kept.iter()
             .map(|r| hookrelay_storage::metrics::CountedAttempt {
                 org_id: r.job.org_id,
@@ -704,6 +701,14 @@ async fn record_group(
     .await?;
     update_health(&mut *tx, &kept, health, org).await?;
     Ok(kept.len())
+}
+
+/// The layout of the record's statements: those of one organization (`Some`) are Citus's.
+fn layout_of(org: Option<Uuid>) -> Layout {
+    match org {
+        Some(_) => Layout::ByOrganization,
+        None => Layout::Single,
+    }
 }
 
 fn body_encoding(record: &Record) -> &'static str {
@@ -935,12 +940,8 @@ async fn update_health(
             ordering_key: None,
             source_id: None,
         };
-        let layout = match org {
-            Some(_) => Layout::ByOrganization,
-            None => Layout::Single,
-        };
         hookrelay_storage::events::publish_in(
-            layout,
+            layout_of(org),
             &mut *tx,
             org_id,
             &[event],
