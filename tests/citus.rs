@@ -10,8 +10,8 @@ use hookrelay_storage::distribution::SingleShardStatement;
 use hookrelay_tests::citus::{cluster_url, migrated_db};
 use hookrelay_tests::receiver::{Receiver, Reply};
 use hookrelay_tests::{
-    TestApp, assert_every_request_recorded, delivery_statuses, eventually, spawn_worker as worker,
-    status_json, test_env,
+    HANGING_ENDPOINT_SETTINGS, TestApp, assert_every_request_recorded, delivery_statuses,
+    eventually, spawn_worker as worker, status_json, test_env,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -1092,20 +1092,7 @@ async fn a_hanging_endpoint_and_a_flood_do_not_delay_another_organization_on_cit
         return;
     };
     // API and workers apart, so every delivery goes through the claim (nothing handed off).
-    let app = app_on_citus(
-        &coordinator,
-        Roles::API,
-        &[
-            ("HOOKRELAY_DELIVERY_TIMEOUT", "2s"),
-            ("HOOKRELAY_LEASE", "10s"),
-            ("HOOKRELAY_WORKER_CONCURRENCY", "24"),
-            ("HOOKRELAY_ENDPOINT_CONCURRENCY", "4"),
-            ("HOOKRELAY_RETRY_SCHEDULE", "1h"),
-            ("HOOKRELAY_DISABLE_AFTER_FAILURES", "100000"),
-            ("HOOKRELAY_ORG_RATE_LIMIT", "0"),
-        ],
-    )
-    .await;
+    let app = app_on_citus(&coordinator, Roles::API, HANGING_ENDPOINT_SETTINGS).await;
     let hanging_org = app.create_org("hanging").await;
     let hanging = Receiver::start().await;
     hanging.set_default(Reply::slow(Duration::from_secs(30)));

@@ -3,7 +3,7 @@
 //! than its in-flight cap of attempts open; `rate_limit_per_second` is kept.
 
 use hookrelay_tests::receiver::{Receiver, Reply};
-use hookrelay_tests::{Org, TestApp, eventually};
+use hookrelay_tests::{HANGING_ENDPOINT_SETTINGS, Org, TestApp, eventually};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -72,16 +72,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hanging_endpoint_and_a_flooding_tenant_do_not_delay_healthy_endpoints() {
-    let app = TestApp::spawn_with(&[
-        ("HOOKRELAY_DELIVERY_TIMEOUT", "2s"),
-        ("HOOKRELAY_LEASE", "10s"),
-        ("HOOKRELAY_WORKER_CONCURRENCY", "24"),
-        ("HOOKRELAY_ENDPOINT_CONCURRENCY", "4"),
-        ("HOOKRELAY_RETRY_SCHEDULE", "1h"),
-        ("HOOKRELAY_DISABLE_AFTER_FAILURES", "100000"),
-        ("HOOKRELAY_ORG_RATE_LIMIT", "0"),
-    ])
-    .await;
+    let app = TestApp::spawn_with(HANGING_ENDPOINT_SETTINGS).await;
     let healthy = healthy_tenant(&app).await;
 
     let baseline = healthy_latencies(&app, &healthy, "baseline").await;

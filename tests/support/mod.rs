@@ -91,6 +91,19 @@ pub fn test_env(db: &TestDb) -> HashMap<String, String> {
 }
 
 /// At least 32 characters, as `HOOKRELAY_ADMIN_TOKEN` requires.
+/// The settings of the tenant-isolation tests (tests/isolation.rs, tests/citus.rs): a 2 s delivery
+/// timeout a hanging endpoint runs into, 24 slots of which one endpoint may hold 4, no retry or
+/// deactivation during the test, no per-organization rate limit on the flood.
+pub const HANGING_ENDPOINT_SETTINGS: &[(&str, &str)] = &[
+    ("HOOKRELAY_DELIVERY_TIMEOUT", "2s"),
+    ("HOOKRELAY_LEASE", "10s"),
+    ("HOOKRELAY_WORKER_CONCURRENCY", "24"),
+    ("HOOKRELAY_ENDPOINT_CONCURRENCY", "4"),
+    ("HOOKRELAY_RETRY_SCHEDULE", "1h"),
+    ("HOOKRELAY_DISABLE_AFTER_FAILURES", "100000"),
+    ("HOOKRELAY_ORG_RATE_LIMIT", "0"),
+];
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghijkl";
 
 /// The real service on 127.0.0.1, port 0.
