@@ -289,9 +289,15 @@ fn delivery_statements() -> Vec<SingleShardStatement> {
         },
         SingleShardStatement {
             name: "refill",
-            sql: jobs::REFILL,
-            parameter_types: "uuid, uuid, text, bigint, float8, int, uuid[], int[]",
-            example_arguments: "'$ORG', gen_random_uuid(), 'worker', 5, 30, 16, '{}', '{}'",
+            sql: jobs::REFILL_BY_ORGANIZATION,
+            parameter_types: "uuid, uuid, text, bigint, float8, int, uuid[], int[], int",
+            example_arguments: "'$ORG', gen_random_uuid(), 'worker', 5, 30, 16, '{}', '{}', 16",
+        },
+        SingleShardStatement {
+            name: "giving back jobs leased ahead",
+            sql: jobs::GIVE_BACK,
+            parameter_types: "uuid, uuid[], int[], text",
+            example_arguments: "'$ORG', ARRAY[gen_random_uuid()], ARRAY[1], 'worker'",
         },
         SingleShardStatement {
             name: "load",

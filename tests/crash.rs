@@ -314,6 +314,113 @@ async fn a_claim_that_raced_past_the_cap_gives_the_excess_back() {
     app.stop().await;
 }
 
+/// A worker alone at an endpoint leases up to its cap again ahead (`jobs::refill`'s `ahead`),
+/// and every other worker counts those jobs as in flight: a second worker finds room only
+/// once the first holds fewer than the cap, and from then on neither leases ahead, so the two
+/// together never hold more than the cap of jobs not yet ended. Jobs given back return to the
+/// queue as if never claimed, and only by the worker that holds them.
+#[tokio::test]
+async fn only_a_worker_alone_at_an_endpoint_leases_ahead_of_its_cap() {
+    use hookrelay_queue::jobs::{self, ClaimedJob};
+    let app = api_only().await;
+    let org = app.create_org("acme").await;
+    let hook = app
+        .create_webhook(&org, json!({"url": "http://127.0.0.1:9/", "events": ["*"]}))
+        .await;
+    let batch: Vec<_> = (0..20)
+        .map(|i| json!({"event": "user.created", "data": {"i": i}}))
+        .collect();
+    app.publish_batch(&org.token, batch).await;
+    let pool = &app.db.pool;
+    let webhook_id = uuid::Uuid::parse_str(hook["id"].as_str().unwrap()).unwrap();
+    let org_id: uuid::Uuid = sqlx::query_scalar("SELECT org_id FROM webhooks WHERE id = $1")
+        .bind(webhook_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let (cap, ahead) = (4, 4);
+    let refill = |worker: &'static str, ended: Vec<(uuid::Uuid, i32)>| async move {
+        jobs::refill(
+            hookrelay_queue::Layout::Single,
+            pool,
+            worker,
+            (org_id, webhook_id),
+            32,
+            Duration::from_secs(60),
+            cap,
+            ahead,
+            &ended,
+        )
+        .await
+        .unwrap()
+    };
+    let held = |worker: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM delivery_jobs WHERE state = 'running' AND claimed_by = $1",
+        )
+        .bind(worker)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let jobs_of =
+        |work: &[jobs::Work]| -> Vec<ClaimedJob> { work.iter().map(|w| w.job.clone()).collect() };
+
+    let first = refill("a", vec![]).await;
+    assert_eq!(first.len(), 8, "alone: the cap and as many again ahead");
+    assert!(refill("a", vec![]).await.is_empty(), "no more than that");
+    assert!(refill("b", vec![]).await.is_empty(), "8 in flight for b");
+    // One of a's attempts ended: a may lease one more in its place.
+    let ended = vec![(first[0].job.delivery_id, first[0].job.attempt)];
+    assert_eq!(refill("a", ended).await.len(), 1);
+
+    // Not a's to give back: nothing changes.
+    let mut a_jobs = jobs_of(&first[1..]);
+    jobs::give_back(pool, "b", &a_jobs).await.unwrap();
+    assert_eq!(held("a").await, 9);
+    // a gives back all but 3 (and the one that ended stays running until its record).
+    let kept = a_jobs.split_off(a_jobs.len() - 2);
+    jobs::give_back(pool, "a", &a_jobs).await.unwrap();
+    let restored: Vec<(String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT state::text, attempt, claimed_by FROM delivery_jobs WHERE delivery_id = ANY($1)",
+    )
+    .bind(a_jobs.iter().map(|j| j.delivery_id).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(restored.len(), 5);
+    assert!(
+        restored.iter().all(|r| *r == ("available".into(), 0, None)),
+        "{restored:?}"
+    );
+    assert_eq!(
+        held("a").await,
+        4,
+        "the ended one, two kept and the refilled one"
+    );
+    assert_eq!(kept.len(), 2);
+    // 4 running: b has no room; with the ended one counted by a, a is at 3 of 4 but no longer
+    // alone once b holds a job.
+    assert!(refill("b", vec![]).await.is_empty());
+    let ended = vec![(first[0].job.delivery_id, first[0].job.attempt)];
+    let more = refill("a", ended.clone()).await;
+    assert_eq!(more.len(), 5, "still alone: up to 8 not ended");
+    jobs::give_back(pool, "a", &jobs_of(&more)).await.unwrap();
+    jobs::give_back(pool, "a", &kept).await.unwrap();
+    // a holds one job not ended and the one that ended: b may take the rest of the cap as
+    // counted from its side (4 - 2). a, no longer alone, leases within the cap only: one more
+    // (its own ended one freed a place), and then neither finds room.
+    assert_eq!(refill("b", vec![]).await.len(), 2);
+    assert_eq!(
+        refill("a", ended.clone()).await.len(),
+        1,
+        "not alone: no lease ahead"
+    );
+    assert!(refill("a", ended).await.is_empty());
+    assert!(refill("b", vec![]).await.is_empty());
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_worker_killed_during_a_burst_loses_nothing_and_records_every_attempt() {
     let app = api_only().await;

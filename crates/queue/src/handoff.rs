@@ -11,9 +11,10 @@
 //! if this process dies before recording it.
 
 use hookrelay_storage::events::{HandedOff, Handoff};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use uuid::Uuid;
 
@@ -30,13 +31,29 @@ pub(crate) struct Local {
     pub wake: Arc<Notify>,
     /// An attempt ended: its endpoint has room again.
     pub room_freed: Notify,
-    /// Attempts in flight per webhook in this process, claimed or handed off.
-    in_flight: Mutex<HashMap<Uuid, i32>>,
+    /// Attempts in flight per webhook in this process, claimed or handed off, and the jobs
+    /// leased ahead of them.
+    endpoints: Mutex<Endpoints>,
     /// The claim loop's last look found no claimable work waiting.
     quiet: AtomicBool,
     /// Webhooks (and their organizations) where an attempt ended since the claim loop last
-    /// looked, not counting rate-limited ones: the candidates for a refill.
-    freed: Mutex<HashMap<Uuid, Uuid>>,
+    /// looked, not counting rate-limited ones: the candidates for a refill. The flag says the
+    /// attempt succeeded quickly, so the refill may lease ahead.
+    freed: Mutex<HashMap<Uuid, (Uuid, bool)>>,
+}
+
+#[derive(Default)]
+struct Endpoints {
+    in_flight: HashMap<Uuid, i32>,
+    ahead: HashMap<Uuid, VecDeque<Ahead>>,
+}
+
+/// A job leased ahead (`jobs::refill`): it waits in this process for one of its webhook's
+/// attempts to end, and is sent by the task that ran that attempt, in the same room.
+pub(crate) struct Ahead {
+    pub work: Work,
+    /// After this its lease is too short for a whole attempt: it is given back instead.
+    pub send_by: Instant,
 }
 
 impl Local {
@@ -46,7 +63,7 @@ impl Local {
             records: Mutex::new(Some(records)),
             wake: Arc::new(Notify::new()),
             room_freed: Notify::new(),
-            in_flight: Mutex::default(),
+            endpoints: Mutex::default(),
             quiet: AtomicBool::new(false),
             freed: Mutex::default(),
         }
@@ -64,18 +81,71 @@ impl Local {
         self.records.lock().expect("not poisoned").clone()
     }
 
-    /// An attempt to this webhook ended: it may refill the room.
-    pub fn freed(&self, org_id: Uuid, webhook_id: Uuid) {
-        self.freed
-            .lock()
-            .expect("not poisoned")
-            .insert(webhook_id, org_id);
+    /// An attempt to this webhook ended: it may refill the room; `fast`: it succeeded quickly.
+    pub fn freed(&self, org_id: Uuid, webhook_id: Uuid, fast: bool) {
+        let mut freed = self.freed.lock().expect("not poisoned");
+        let entry = freed.entry(webhook_id).or_insert((org_id, fast));
+        // One slow or failed attempt is enough to stop leasing ahead for this look.
+        entry.1 &= fast;
     }
 
-    /// The webhooks freed since the last call, as (organization, webhook).
-    pub fn take_freed(&self) -> Vec<(Uuid, Uuid)> {
+    /// The webhooks freed since the last call, as (organization, webhook, fast).
+    pub fn take_freed(&self) -> Vec<(Uuid, Uuid, bool)> {
         let mut freed = self.freed.lock().expect("not poisoned");
-        freed.drain().map(|(webhook, org)| (org, webhook)).collect()
+        freed
+            .drain()
+            .map(|(webhook, (org, fast))| (org, webhook, fast))
+            .collect()
+    }
+
+    /// Room for a refilled job: a free slot and a place under the endpoint's `cap`. Without
+    /// one, the job waits ahead if an attempt of its webhook is in flight here (that attempt's
+    /// task sends it when it ends); otherwise it is handed back to be sent once a slot frees.
+    pub fn room_or_ahead(
+        self: &Arc<Self>,
+        ahead: Ahead,
+        cap: i32,
+    ) -> Result<Option<(Work, Room)>, Box<Ahead>> {
+        let webhook_id = ahead.work.job.webhook_id;
+        let mut endpoints = self.endpoints.lock().expect("not poisoned");
+        let in_flight = endpoints.in_flight.get(&webhook_id).copied().unwrap_or(0);
+        if in_flight < cap
+            && let Ok(permit) = self.slots.clone().try_acquire_owned()
+        {
+            *endpoints.in_flight.entry(webhook_id).or_default() += 1;
+            let room = Room {
+                local: self.clone(),
+                webhook_id,
+                permit: Some(permit),
+                left: false,
+            };
+            return Ok(Some((ahead.work, room)));
+        }
+        if in_flight > 0 {
+            endpoints
+                .ahead
+                .entry(webhook_id)
+                .or_default()
+                .push_back(ahead);
+            return Ok(None);
+        }
+        Err(Box::new(ahead))
+    }
+
+    /// Every job leased ahead of `webhook_id`, taken back (its endpoint failed or slowed down).
+    pub fn take_ahead_of(&self, webhook_id: Uuid) -> Vec<Ahead> {
+        let mut endpoints = self.endpoints.lock().expect("not poisoned");
+        endpoints
+            .ahead
+            .remove(&webhook_id)
+            .map(Vec::from)
+            .unwrap_or_default()
+    }
+
+    /// Every job leased ahead, taken back (shutting down).
+    pub fn take_all_ahead(&self) -> Vec<Ahead> {
+        let mut endpoints = self.endpoints.lock().expect("not poisoned");
+        endpoints.ahead.drain().flat_map(|(_, q)| q).collect()
     }
 
     /// Stops taking handed-off work and lets the recorder end once attempts in flight are done.
@@ -87,25 +157,33 @@ impl Local {
     /// Room for an attempt the claim loop claimed (its slot already taken).
     pub fn claimed_room(self: &Arc<Self>, webhook_id: Uuid, permit: OwnedSemaphorePermit) -> Room {
         *self
-            .in_flight
+            .endpoints
             .lock()
             .expect("not poisoned")
+            .in_flight
             .entry(webhook_id)
             .or_default() += 1;
         Room {
             local: self.clone(),
             webhook_id,
             permit: Some(permit),
+            left: false,
         }
     }
 
     fn leave(&self, webhook_id: Uuid) {
-        let mut in_flight = self.in_flight.lock().expect("not poisoned");
-        if let Some(n) = in_flight.get_mut(&webhook_id) {
-            *n -= 1;
-            if *n <= 0 {
-                in_flight.remove(&webhook_id);
-            }
+        leave(
+            &mut self.endpoints.lock().expect("not poisoned"),
+            webhook_id,
+        );
+    }
+}
+
+fn leave(endpoints: &mut Endpoints, webhook_id: Uuid) {
+    if let Some(n) = endpoints.in_flight.get_mut(&webhook_id) {
+        *n -= 1;
+        if *n <= 0 {
+            endpoints.in_flight.remove(&webhook_id);
         }
     }
 }
@@ -117,11 +195,60 @@ pub(crate) struct Room {
     webhook_id: Uuid,
     /// `None` for a handed-off attempt, whose slot was taken (and forgotten) at reservation.
     permit: Option<OwnedSemaphorePermit>,
+    /// Its place under the cap is already given up ([`Room::next_ahead`]).
+    left: bool,
+}
+
+impl Room {
+    /// The attempt in this room has ended: the next job leased ahead of its webhook, to be
+    /// sent in the same room, if `may_chain`; otherwise, or with none waiting, the room's place
+    /// under the cap is given up at once, under the same lock a refill holds to leave a job
+    /// ahead, so no job is left waiting with no attempt in flight to take it: the last attempt
+    /// to leave takes the jobs still waiting with it, to be given back.
+    pub fn next_ahead(&mut self, may_chain: bool) -> AheadNext {
+        let mut endpoints = self.local.endpoints.lock().expect("not poisoned");
+        if may_chain
+            && let Some(queue) = endpoints.ahead.get_mut(&self.webhook_id)
+            && let Some(next) = queue.pop_front()
+        {
+            if queue.is_empty() {
+                endpoints.ahead.remove(&self.webhook_id);
+            }
+            return AheadNext::Send(next);
+        }
+        if !self.left {
+            self.left = true;
+            leave(&mut endpoints, self.webhook_id);
+        }
+        let orphaned = if endpoints.in_flight.contains_key(&self.webhook_id) {
+            Vec::new()
+        } else {
+            endpoints
+                .ahead
+                .remove(&self.webhook_id)
+                .map(Vec::from)
+                .unwrap_or_default()
+        };
+        AheadNext::Done { orphaned }
+    }
+}
+
+/// What follows an attempt in its room ([`Room::next_ahead`]).
+// Matched at once where it is made, never stored: boxing the job would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum AheadNext {
+    Send(Ahead),
+    /// The room is given up; `orphaned`: jobs ahead that no attempt in flight will take.
+    Done {
+        orphaned: Vec<Ahead>,
+    },
 }
 
 impl Drop for Room {
     fn drop(&mut self) {
-        self.local.leave(self.webhook_id);
+        if !self.left {
+            self.local.leave(self.webhook_id);
+        }
         if self.permit.take().is_none() {
             self.local.slots.add_permits(1);
         }
@@ -145,8 +272,8 @@ impl Handoff for LocalHandoff {
             return false;
         }
         let cap = self.ctx.settings.endpoint_concurrency;
-        let mut in_flight = self.local.in_flight.lock().expect("not poisoned");
-        let n = in_flight.entry(webhook_id).or_default();
+        let mut endpoints = self.local.endpoints.lock().expect("not poisoned");
+        let n = endpoints.in_flight.entry(webhook_id).or_default();
         if *n >= cap {
             return false;
         }
@@ -179,6 +306,7 @@ impl Handoff for LocalHandoff {
                         local: local.clone(),
                         webhook_id: j.webhook_id,
                         permit: None,
+                        left: false,
                     };
                     (j.delivery_id, room)
                 })

@@ -284,12 +284,32 @@ pub async fn load(pool: &PgPool, jobs: &[ClaimedJob]) -> Result<Vec<Work>, Queue
 const WEBHOOK_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtextextended($1::text, 11))";
 
 /// The refill statement ([`refill`]), run under [`WEBHOOK_LOCK`]: `$1` organization, `$2` webhook, `$3` worker, `$4` limit,
-/// `$5` lease in seconds, `$6` the per-endpoint cap, `$7`/`$8` the worker's ended attempts.
-/// Public so tests can read its plan.
-pub const REFILL: &str = concat!(
-    "WITH room AS (
-             SELECT LEAST($4, $6 - (SELECT count(*) FROM delivery_jobs r
-                                     WHERE r.org_id = $1 AND r.webhook_id = $2 AND r.state = 'running')
+/// `$5` lease in seconds, `$6` the per-endpoint cap, `$7`/`$8` the worker's ended attempts,
+/// `$9` how many jobs beyond the cap the worker may lease ahead while it alone serves the
+/// webhook. Public so tests can read its plan.
+///
+/// The lease finds the picked jobs by delivery id alone: with `org_id = $1` beside it, the
+/// generic plan (which takes an organization for a few rows) read the organization's whole
+/// queue through the primary key and filtered the ids, a cost that grew with its backlog.
+pub const REFILL: &str =
+    refill_statement!("j.delivery_id = ANY(ARRAY(SELECT delivery_id FROM picked))");
+
+/// [`REFILL`] for Citus, which routes the lease to the organization's shard only when it names
+/// the organization.
+pub const REFILL_BY_ORGANIZATION: &str = refill_statement!(
+    "j.org_id = $1 AND j.delivery_id = ANY(ARRAY(SELECT delivery_id FROM picked))"
+);
+
+/// The text of [`REFILL`], with `$find` the lease's condition on the picked jobs.
+macro_rules! refill_statement {
+    ($find:literal) => { concat!(
+    "WITH running AS (
+             SELECT count(*) AS n, count(*) FILTER (WHERE r.claimed_by IS DISTINCT FROM $3) AS others
+               FROM delivery_jobs r
+              WHERE r.org_id = $1 AND r.webhook_id = $2 AND r.state = 'running'),
+         room AS (
+             SELECT LEAST($4, $6 + CASE WHEN (SELECT others FROM running) = 0 THEN $9 ELSE 0 END
+                                 - (SELECT n FROM running)
                                  + (SELECT count(*) FROM unnest($7::uuid[], $8::int[]) AS e(id, attempt)
                                       JOIN delivery_jobs j ON j.org_id = $1 AND j.delivery_id = e.id AND j.attempt = e.attempt
                                      WHERE j.delivery_id = ANY($7) AND j.state = 'running'
@@ -306,7 +326,7 @@ pub const REFILL: &str = concat!(
              UPDATE delivery_jobs j
                 SET state = 'running', attempt = j.attempt + 1,
                     lease_expires_at = now() + make_interval(secs => $5), claimed_by = $3
-              WHERE j.org_id = $1 AND j.delivery_id = ANY(ARRAY(SELECT delivery_id FROM picked))
+              WHERE ", $find, "
           RETURNING j.delivery_id, j.org_id, j.webhook_id, j.attempt, j.max_attempts)
          SELECT c.delivery_id, c.org_id, c.webhook_id, c.attempt, c.max_attempts, ",
     sendable_columns!(),
@@ -316,22 +336,32 @@ pub const REFILL: &str = concat!(
            -- the statement to one shard only when each distributed table names it.
            JOIN webhook_deliveries d ON d.org_id = $1 AND d.id = c.delivery_id
            JOIN webhooks w ON w.org_id = $1 AND w.id = c.webhook_id"
-);
+    ) };
+}
+use refill_statement;
 
 /// Claims and loads, in one statement under the webhook's lock, more due work of one webhook
 /// that `worker` already serves: up to `limit` jobs, within the webhook's `per_endpoint` cap
 /// counted like [`claim`] does (its `running` jobs less the worker's `ended` attempts).
 /// The general claim's skip scan, turns and separate load are what a capped endpoint's refill
 /// does not need: only this webhook is read. Rate-limited webhooks are left to [`claim`].
+///
+/// While no other worker holds jobs of the webhook, up to `ahead` more are leased: the worker
+/// keeps them until one of its attempts there ends, and sends no more than `per_endpoint` at
+/// once (`handoff::Local`). The next attempt then starts as soon as one ends, not one statement
+/// later. Every other claimer still counts them as in flight, so together no two workers pass
+/// the cap: a second worker finds no room until the first holds fewer than `per_endpoint`, and
+/// from then on the first is no longer alone and leases within the cap.
 #[allow(clippy::too_many_arguments)]
 pub async fn refill(
+    layout: Layout,
     pool: &PgPool,
     worker: &str,
-    org_id: Uuid,
-    webhook_id: Uuid,
+    (org_id, webhook_id): (Uuid, Uuid),
     limit: i64,
     lease: Duration,
     per_endpoint: i32,
+    ahead: i32,
     ended: &[(Uuid, i32)],
 ) -> Result<Vec<Work>, QueueError> {
     let (ids, attempts): (Vec<Uuid>, Vec<i32>) = ended.iter().copied().unzip();
@@ -346,7 +376,11 @@ pub async fn refill(
     if !locked {
         return Ok(Vec::new());
     }
-    let work = sqlx::query_as(REFILL)
+    let statement = match layout {
+        Layout::Single => REFILL,
+        Layout::ByOrganization => REFILL_BY_ORGANIZATION,
+    };
+    let work = sqlx::query_as(statement)
         .bind(org_id)
         .bind(webhook_id)
         .bind(worker)
@@ -355,10 +389,33 @@ pub async fn refill(
         .bind(per_endpoint)
         .bind(&ids)
         .bind(&attempts)
+        .bind(ahead)
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok(work)
+}
+
+/// Gives back jobs `$2`/`$3` of organization `$1` that worker `$4` leased and will not send
+/// (leased ahead, then not needed): `available` again, the claim not counted as an attempt.
+pub const GIVE_BACK: &str = "UPDATE delivery_jobs j
+            SET state = 'available', attempt = j.attempt - 1, lease_expires_at = NULL, claimed_by = NULL
+           FROM unnest($2::uuid[], $3::int[]) AS u(id, attempt)
+          WHERE j.org_id = $1 AND j.delivery_id = u.id AND j.delivery_id = ANY($2)
+            AND j.attempt = u.attempt AND j.state = 'running' AND j.claimed_by = $4";
+
+/// [`GIVE_BACK`], one statement per organization (so it suits both layouts).
+pub async fn give_back(pool: &PgPool, worker: &str, jobs: &[ClaimedJob]) -> Result<(), QueueError> {
+    for (org, (ids, attempts)) in by_organization::by_org(jobs) {
+        sqlx::query(GIVE_BACK)
+            .bind(org)
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(worker)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Jobs whose webhook turned out to be inactive when they were claimed: back to `parked`,

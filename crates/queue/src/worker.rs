@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 
 use crate::deliver::{self, Request};
-use crate::handoff::{Local, Room};
+use crate::handoff::{Ahead, AheadNext, Local, Room};
 use crate::jobs::{self, Next, Record, Work};
 use crate::metrics::QueueMetrics;
 use crate::retry::{next_delay, random_jitter};
@@ -29,6 +29,9 @@ const BLOCKED_RECHECK: Duration = Duration::from_millis(50);
 /// After an attempt ends, how long the claim loop lets others end before it claims their room:
 /// one claim then refills several slots instead of one claim statement per ended attempt.
 const ROOM_GATHER: Duration = Duration::from_millis(1);
+/// An endpoint whose attempt succeeded within this gets jobs leased ahead (`jobs::refill`):
+/// a job waits ahead no longer than about one attempt, so its lease is never at risk.
+const AHEAD_MAX_LATENCY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Context {
     pub pool: PgPool,
@@ -42,32 +45,48 @@ pub(crate) struct Context {
     pub ended: Ended,
 }
 
-/// See [`Context::ended`].
+/// See [`Context::ended`]; each attempt with whether its webhook is rate limited.
 #[derive(Default)]
-pub(crate) struct Ended(std::sync::Mutex<std::collections::HashMap<uuid::Uuid, i32>>);
+pub(crate) struct Ended(std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (i32, bool)>>);
 
 impl Ended {
-    fn add(&self, delivery_id: uuid::Uuid, attempt: i32) {
+    fn add(&self, delivery_id: uuid::Uuid, attempt: i32, rate_limited: bool) {
         self.0
             .lock()
             .expect("not poisoned")
-            .insert(delivery_id, attempt);
+            .insert(delivery_id, (attempt, rate_limited));
     }
 
     fn snapshot(&self) -> Vec<(uuid::Uuid, i32)> {
         let ended = self.0.lock().expect("not poisoned");
-        ended.iter().map(|(id, attempt)| (*id, *attempt)).collect()
+        ended
+            .iter()
+            .map(|(id, (attempt, _))| (*id, *attempt))
+            .collect()
     }
 
-    /// Their records are committed: the table no longer counts them as running.
-    fn recorded(&self, records: &[Record]) {
+    /// Their records are committed: the table no longer counts them as running. Returns the
+    /// webhooks a refill may serve (not rate limited), as (organization, webhook, fast).
+    fn recorded(&self, records: &[Record]) -> Vec<(uuid::Uuid, uuid::Uuid, bool)> {
         let mut ended = self.0.lock().expect("not poisoned");
+        let mut refillable = Vec::new();
         for r in records {
-            if ended.get(&r.job.delivery_id) == Some(&r.job.attempt) {
+            if let Some((attempt, rate_limited)) = ended.get(&r.job.delivery_id).copied()
+                && attempt == r.job.attempt
+            {
                 ended.remove(&r.job.delivery_id);
+                if !rate_limited {
+                    refillable.push((r.job.org_id, r.job.webhook_id, is_fast(r)));
+                }
             }
         }
+        refillable
     }
+}
+
+/// An attempt that lets its endpoint have jobs leased ahead.
+fn is_fast(record: &Record) -> bool {
+    record.next == Next::Sent && record.outcome.latency < AHEAD_MAX_LATENCY
 }
 
 /// The buffer between senders and the recorder.
@@ -96,10 +115,12 @@ pub(crate) async fn run(
         stopped.clone(),
     ));
     let promote_at = Arc::new(PromoteAt::default());
+    let recorded = Arc::new(Notify::new());
     let recorder = tokio::spawn(record_loop(
         ctx.clone(),
+        local.clone(),
         inbox,
-        wake.clone(),
+        recorded.clone(),
         promote_at.clone(),
     ));
     let slots = local.slots.clone();
@@ -147,11 +168,21 @@ pub(crate) async fn run(
         if std::mem::take(&mut refill_now) && capped_until.is_some_and(|t| Instant::now() < t) {
             refill_freed(&ctx, &local, free).await;
             tokio::select! {
-                _ = wake.notified() => capped_since = None,
+                _ = wake.notified() => {
+                    capped_since = None;
+                    // New work somewhere: the general claim looks for it next, but the capped
+                    // webhooks' ended attempts are refilled first, or under a steady stream of
+                    // publishes they would only ever get what the general claim finds free.
+                    refill_freed(&ctx, &local, slots.available_permits()).await;
+                }
                 _ = local.room_freed.notified() => {
                     tokio::time::sleep(ROOM_GATHER).await;
                     refill_now = true;
                 }
+                // Committed records free nothing the ended attempts had not already freed,
+                // but may have made the next job of an ordering key claimable: a refill of
+                // their webhooks finds it.
+                _ = recorded.notified() => refill_now = true,
                 _ = tokio::time::sleep_until(capped_until.expect("checked above").into()) => {}
                 _ = stopped.changed() => {}
             }
@@ -219,11 +250,16 @@ pub(crate) async fn run(
                 wait
             };
             tokio::select! {
-                _ = wake.notified() => capped_since = None,
+                _ = wake.notified() => {
+                    if capped_since.take().is_some() {
+                        refill_freed(&ctx, &local, slots.available_permits()).await;
+                    }
+                }
                 _ = local.room_freed.notified() => {
                     tokio::time::sleep(ROOM_GATHER).await;
                     refill_now = true;
                 }
+                _ = recorded.notified() => refill_now = true,
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
                 _ = stopped.changed() => {}
             }
@@ -231,6 +267,7 @@ pub(crate) async fn run(
     }
     // Let in-flight attempts finish (each is bounded by the delivery timeout), then flush.
     local.close();
+    give_back(&ctx, local.take_all_ahead()).await;
     let all = u32::try_from(ctx.settings.concurrency).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(ctx.settings.shutdown_grace, slots.acquire_many(all)).await;
     let _ = recorder.await;
@@ -239,34 +276,67 @@ pub(crate) async fn run(
 }
 
 /// Refills the room of the webhooks whose attempts ended since the last look, each with one
-/// statement that claims and loads its next due jobs (see `capped_since` in [`run`]).
+/// statement that claims and loads its next due jobs (see `capped_since` in [`run`]). A webhook
+/// whose attempts succeed quickly also gets up to its cap again leased ahead, so each attempt
+/// that ends is followed at once by the next, without waiting for a statement.
 async fn refill_freed(ctx: &Arc<Context>, local: &Arc<Local>, mut free: usize) {
     let freed = local.take_freed();
     if freed.is_empty() {
         return;
     }
     let ended = ctx.ended.snapshot();
-    for (org_id, webhook_id) in freed {
+    let cap = ctx.settings.endpoint_concurrency;
+    // A job leased ahead is sent only while its lease still covers a whole attempt, and as much
+    // again to spare for its record; past that it is given back.
+    let send_within = ctx
+        .settings
+        .lease
+        .saturating_sub(ctx.settings.delivery_timeout)
+        / 2;
+    for (org_id, webhook_id, fast) in freed {
         if free == 0 {
             break;
         }
-        let limit = free.min(usize::try_from(ctx.settings.endpoint_concurrency).unwrap_or(0));
+        let ahead = if fast && !send_within.is_zero() {
+            cap
+        } else {
+            0
+        };
+        let limit = free.min(usize::try_from(cap).unwrap_or(0)) as i64 + i64::from(ahead);
         match jobs::refill(
+            ctx.settings.layout,
             &ctx.pool,
             &ctx.worker_id,
-            org_id,
-            webhook_id,
-            limit as i64,
+            (org_id, webhook_id),
+            limit,
             ctx.settings.lease,
-            ctx.settings.endpoint_concurrency,
+            cap,
+            ahead,
             &ended,
         )
         .await
         {
             Ok(work) if work.is_empty() => {}
             Ok(work) => {
-                free = free.saturating_sub(work.len());
-                dispatch(ctx, local, work).await;
+                let send_by = Instant::now() + send_within;
+                let mut with_room = Vec::with_capacity(work.len());
+                for work in work {
+                    match local.room_or_ahead(Ahead { work, send_by }, cap) {
+                        Ok(Some(ready)) => with_room.push(ready),
+                        Ok(None) => {}
+                        // No slot free and nothing of its webhook in flight here: wait for one.
+                        Err(waiting) => {
+                            let work = waiting.work;
+                            let Ok(permit) = local.slots.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let room = local.claimed_room(work.job.webhook_id, permit);
+                            with_room.push((work, room));
+                        }
+                    }
+                }
+                free = free.saturating_sub(with_room.len());
+                dispatch_with_room(ctx, local, with_room).await;
             }
             // The statement claims nothing unless it returns: the next general claim takes over.
             Err(err) => {
@@ -309,6 +379,22 @@ pub(crate) async fn dispatch_with_room(
         return;
     };
     for (work, room) in sendable {
+        let (ctx, local, records) = (ctx.clone(), local.clone(), records.clone());
+        tokio::spawn(send_in_room(ctx, local, records, work, room));
+    }
+}
+
+/// Sends `work` in `room`, then each job leased ahead of its webhook while there is one, then
+/// gives the room back.
+async fn send_in_room(
+    ctx: Arc<Context>,
+    local: Arc<Local>,
+    records: mpsc::Sender<Record>,
+    mut work: Work,
+    room: Room,
+) {
+    let mut room = Some(room);
+    loop {
         let span = tracing::info_span!(
             "delivery_attempt",
             org_id = %work.job.org_id,
@@ -316,24 +402,67 @@ pub(crate) async fn dispatch_with_room(
             delivery_id = %work.job.delivery_id,
             attempt = work.job.attempt,
         );
-        let (ctx, local, records) = (ctx.clone(), local.clone(), records.clone());
-        tokio::spawn(
-            async move {
-                let record = send(&ctx, &work).await;
-                ctx.ended.add(work.job.delivery_id, work.job.attempt);
-                let _ = records.send(record).await;
-                drop(room);
-                if !work.sendable.rate_limited {
-                    local.freed(work.job.org_id, work.job.webhook_id);
+        let record = send(&ctx, &work).instrument(span).await;
+        let fast = is_fast(&record);
+        ctx.ended.add(
+            work.job.delivery_id,
+            work.job.attempt,
+            work.sendable.rate_limited,
+        );
+        let _ = records.send(record).await;
+        let (org_id, webhook_id) = (work.job.org_id, work.job.webhook_id);
+        // What waits ahead of a failing or slow endpoint goes back to the queue, where retries,
+        // deactivation and the other workers see it; the endpoint's own pace decides again.
+        let mut unsendable = if fast {
+            Vec::new()
+        } else {
+            local.take_ahead_of(webhook_id)
+        };
+        // With every slot taken, the slot goes back to the claim loop, whose turns are fair
+        // across organizations; a job ahead is sent only from room no one else is waiting for.
+        let may_chain = local.slots.available_permits() > 0;
+        let mut next = None;
+        let held = room.as_mut().expect("held until the last attempt");
+        loop {
+            match held.next_ahead(may_chain) {
+                AheadNext::Send(ahead) if ahead.send_by > Instant::now() => {
+                    next = Some(ahead.work);
+                    break;
                 }
-                // The endpoint has room again now, not only once the record commits; a quiet
-                // worker has nothing waiting that it could claim.
-                if !local.is_quiet() {
-                    local.room_freed.notify_one();
+                AheadNext::Send(late) => unsendable.push(late),
+                AheadNext::Done { orphaned } => {
+                    unsendable.extend(orphaned);
+                    break;
                 }
             }
-            .instrument(span),
-        );
+        }
+        if next.is_none() {
+            drop(room.take());
+        }
+        give_back(&ctx, unsendable).await;
+        if !work.sendable.rate_limited {
+            local.freed(org_id, webhook_id, fast);
+        }
+        // The endpoint has room again now, not only once the record commits; a quiet worker
+        // has nothing waiting that it could claim.
+        if !local.is_quiet() {
+            local.room_freed.notify_one();
+        }
+        match next {
+            Some(ahead) => work = ahead,
+            None => return,
+        }
+    }
+}
+
+/// Returns jobs leased ahead to the queue; if that fails, their leases bring them back.
+async fn give_back(ctx: &Context, ahead: Vec<Ahead>) {
+    if ahead.is_empty() {
+        return;
+    }
+    let jobs: Vec<_> = ahead.into_iter().map(|a| a.work.job).collect();
+    if let Err(err) = jobs::give_back(&ctx.pool, &ctx.worker_id, &jobs).await {
+        tracing::warn!(error = %err, jobs = jobs.len(), "giving back jobs leased ahead failed");
     }
 }
 
@@ -487,11 +616,13 @@ impl PromoteAt {
     }
 }
 
-/// Writes outcomes in batches; each committed batch frees in-flight room, so it wakes the claimer.
+/// Writes outcomes in batches; each committed batch may have made work claimable (the next job
+/// of an ordering key), so it marks its webhooks for a refill and wakes the claimer.
 async fn record_loop(
     ctx: Arc<Context>,
+    local: Arc<Local>,
     mut inbox: mpsc::Receiver<Record>,
-    wake: Arc<Notify>,
+    recorded: Arc<Notify>,
     promote_at: Arc<PromoteAt>,
 ) {
     while let Some(first) = inbox.recv().await {
@@ -513,7 +644,9 @@ async fn record_loop(
             .await
             {
                 Ok(accepted) => {
-                    ctx.ended.recorded(&batch);
+                    for (org_id, webhook_id, fast) in ctx.ended.recorded(&batch) {
+                        local.freed(org_id, webhook_id, fast);
+                    }
                     if let Some(at) = batch
                         .iter()
                         .filter_map(|r| match r.next {
@@ -524,7 +657,7 @@ async fn record_loop(
                     {
                         promote_at.no_later_than(at);
                     }
-                    wake.notify_one();
+                    recorded.notify_one();
                     if accepted < batch.len() {
                         tracing::warn!(
                             refused = batch.len() - accepted,

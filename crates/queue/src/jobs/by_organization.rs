@@ -303,7 +303,7 @@ pub async fn claim_organization(
 }
 
 /// Claimed jobs grouped by organization, organizations in a fixed order.
-fn by_org(jobs: &[ClaimedJob]) -> BTreeMap<Uuid, (Vec<Uuid>, Vec<i32>)> {
+pub(crate) fn by_org(jobs: &[ClaimedJob]) -> BTreeMap<Uuid, (Vec<Uuid>, Vec<i32>)> {
     let mut groups: BTreeMap<Uuid, (Vec<Uuid>, Vec<i32>)> = BTreeMap::new();
     for j in jobs {
         let group = groups.entry(j.org_id).or_default();
