@@ -37,9 +37,19 @@ pub(crate) struct Local {
     /// The claim loop's last look found no claimable work waiting.
     quiet: AtomicBool,
     /// Webhooks (and their organizations) where an attempt ended since the claim loop last
-    /// looked, not counting rate-limited ones: the candidates for a refill. The flag says the
-    /// attempt succeeded quickly, so the refill may lease ahead.
-    freed: Mutex<HashMap<Uuid, (Uuid, bool)>>,
+    /// looked, not counting rate-limited ones: the candidates for a refill.
+    freed: Mutex<HashMap<Uuid, Freed>>,
+}
+
+/// A webhook where an attempt ended ([`Local::freed`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Freed {
+    pub org_id: Uuid,
+    /// Its attempts succeeded quickly: the refill may lease ahead.
+    pub fast: bool,
+    /// It had all its cap in flight here: the general claim can give it no more than a
+    /// refill, so a refill serves it even when new work elsewhere calls for a general claim.
+    pub at_cap: bool,
 }
 
 #[derive(Default)]
@@ -81,21 +91,32 @@ impl Local {
         self.records.lock().expect("not poisoned").clone()
     }
 
-    /// An attempt to this webhook ended: it may refill the room; `fast`: it succeeded quickly.
-    pub fn freed(&self, org_id: Uuid, webhook_id: Uuid, fast: bool) {
+    /// An attempt to this webhook ended: it may refill the room.
+    pub fn freed(&self, webhook_id: Uuid, what: Freed) {
         let mut freed = self.freed.lock().expect("not poisoned");
-        let entry = freed.entry(webhook_id).or_insert((org_id, fast));
+        let entry = freed.entry(webhook_id).or_insert(what);
         // One slow or failed attempt is enough to stop leasing ahead for this look.
-        entry.1 &= fast;
+        entry.fast &= what.fast;
+        entry.at_cap |= what.at_cap;
     }
 
-    /// The webhooks freed since the last call, as (organization, webhook, fast).
-    pub fn take_freed(&self) -> Vec<(Uuid, Uuid, bool)> {
+    /// The webhooks freed since the last call (only those that were at their cap, if
+    /// `at_cap_only`), as (webhook, what).
+    pub fn take_freed(&self, at_cap_only: bool) -> Vec<(Uuid, Freed)> {
         let mut freed = self.freed.lock().expect("not poisoned");
-        freed
-            .drain()
-            .map(|(webhook, (org, fast))| (org, webhook, fast))
-            .collect()
+        if at_cap_only {
+            let at_cap: Vec<Uuid> = freed
+                .iter()
+                .filter(|(_, f)| f.at_cap)
+                .map(|(w, _)| *w)
+                .collect();
+            at_cap
+                .into_iter()
+                .filter_map(|w| freed.remove(&w).map(|f| (w, f)))
+                .collect()
+        } else {
+            freed.drain().collect()
+        }
     }
 
     /// Room for a refilled job: a free slot and a place under the endpoint's `cap`. Without
@@ -205,7 +226,7 @@ impl Room {
     /// under the cap is given up at once, under the same lock a refill holds to leave a job
     /// ahead, so no job is left waiting with no attempt in flight to take it: the last attempt
     /// to leave takes the jobs still waiting with it, to be given back.
-    pub fn next_ahead(&mut self, may_chain: bool) -> AheadNext {
+    pub fn next_ahead(&mut self, may_chain: bool, cap: i32) -> AheadNext {
         let mut endpoints = self.local.endpoints.lock().expect("not poisoned");
         if may_chain
             && let Some(queue) = endpoints.ahead.get_mut(&self.webhook_id)
@@ -216,6 +237,12 @@ impl Room {
             }
             return AheadNext::Send(next);
         }
+        let at_cap = endpoints
+            .in_flight
+            .get(&self.webhook_id)
+            .copied()
+            .unwrap_or(0)
+            >= cap;
         if !self.left {
             self.left = true;
             leave(&mut endpoints, self.webhook_id);
@@ -229,7 +256,7 @@ impl Room {
                 .map(Vec::from)
                 .unwrap_or_default()
         };
-        AheadNext::Done { orphaned }
+        AheadNext::Done { orphaned, at_cap }
     }
 }
 
@@ -238,9 +265,11 @@ impl Room {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum AheadNext {
     Send(Ahead),
-    /// The room is given up; `orphaned`: jobs ahead that no attempt in flight will take.
+    /// The room is given up; `orphaned`: jobs ahead that no attempt in flight will take;
+    /// `at_cap`: the webhook had its whole cap in flight here until then.
     Done {
         orphaned: Vec<Ahead>,
+        at_cap: bool,
     },
 }
 
@@ -351,5 +380,95 @@ fn claimed_job(delivery_id: Uuid, org_id: Uuid, webhook_id: Uuid, max_attempts: 
         webhook_id,
         attempt: 1,
         max_attempts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hookrelay_storage::events::Sendable;
+    use sqlx::types::Json;
+    use std::time::Duration;
+
+    fn local(slots: usize) -> Arc<Local> {
+        let (records, _) = mpsc::channel(1);
+        Arc::new(Local::new(slots, records))
+    }
+
+    fn ahead(webhook_id: Uuid) -> Ahead {
+        let job = claimed_job(Uuid::now_v7(), Uuid::now_v7(), webhook_id, 6);
+        let sendable = Sendable {
+            event: "user.created".into(),
+            payload: Json(serde_json::json!({})),
+            url: "http://127.0.0.1:9/".into(),
+            sealed_url: None,
+            headers: Json(serde_json::json!({})),
+            sealed_headers: None,
+            payload_format: "envelope".into(),
+            active: true,
+            secret: "whsec_x".into(),
+            previous_secret: None,
+            rate_limited: false,
+        };
+        Ahead {
+            work: Work { job, sendable },
+            send_by: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    fn room(local: &Arc<Local>, webhook_id: Uuid, cap: i32) -> Room {
+        match local.room_or_ahead(ahead(webhook_id), cap) {
+            Ok(Some((_, room))) => room,
+            _ => panic!("expected room under the cap"),
+        }
+    }
+
+    /// The cap counts attempts in flight; a job beyond it waits for one of its webhook's
+    /// attempts, and the last attempt to leave takes whatever still waits (to be given back),
+    /// so no job waits with nothing in flight to send it.
+    #[test]
+    fn jobs_ahead_wait_for_their_webhooks_attempts_and_never_outlive_the_last() {
+        let (local, hook, cap) = (local(8), Uuid::now_v7(), 2);
+        let mut first = room(&local, hook, cap);
+        let mut second = room(&local, hook, cap);
+        assert!(matches!(local.room_or_ahead(ahead(hook), cap), Ok(None)));
+        // The first attempt ends: the waiting job goes next, in the same room.
+        assert!(matches!(first.next_ahead(true, cap), AheadNext::Send(_)));
+        // It ends too, with nothing waiting: the room is given up, at the cap until then.
+        assert!(matches!(
+            first.next_ahead(true, cap),
+            AheadNext::Done { ref orphaned, at_cap: true } if orphaned.is_empty()
+        ));
+        drop(first);
+        let mut third = room(&local, hook, cap);
+        assert!(matches!(local.room_or_ahead(ahead(hook), cap), Ok(None)));
+        // Every slot taken elsewhere: no chaining, the job waits for the other attempt.
+        assert!(matches!(
+            second.next_ahead(false, cap),
+            AheadNext::Done { ref orphaned, at_cap: true } if orphaned.is_empty()
+        ));
+        drop(second);
+        // The last attempt of the webhook leaves without chaining: it takes the job with it.
+        assert!(matches!(
+            third.next_ahead(false, cap),
+            AheadNext::Done { ref orphaned, at_cap: false } if orphaned.len() == 1
+        ));
+        drop(third);
+        assert_eq!(local.slots.available_permits(), 8, "every slot given back");
+        assert!(local.take_all_ahead().is_empty());
+    }
+
+    /// Without a free slot and with nothing of its webhook in flight, a job cannot wait ahead:
+    /// it is handed back to wait for a slot.
+    #[test]
+    fn a_job_with_no_slot_and_nothing_in_flight_waits_for_a_slot() {
+        let local = local(1);
+        let busy = room(&local, Uuid::now_v7(), 16);
+        assert!(matches!(
+            local.room_or_ahead(ahead(Uuid::now_v7()), 16),
+            Err(_)
+        ));
+        drop(busy);
+        let _ = room(&local, Uuid::now_v7(), 16);
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 
 use crate::deliver::{self, Request};
-use crate::handoff::{Ahead, AheadNext, Local, Room};
+use crate::handoff::{Ahead, AheadNext, Freed, Local, Room};
 use crate::jobs::{self, Next, Record, Work};
 use crate::metrics::QueueMetrics;
 use crate::retry::{next_delay, random_jitter};
@@ -166,14 +166,14 @@ pub(crate) async fn run(
         }
         let capped_until = capped_since.map(|since| since + BLOCKED_RECHECK);
         if std::mem::take(&mut refill_now) && capped_until.is_some_and(|t| Instant::now() < t) {
-            refill_freed(&ctx, &local, free).await;
+            refill_freed(&ctx, &local, free, false).await;
             tokio::select! {
                 _ = wake.notified() => {
                     capped_since = None;
                     // New work somewhere: the general claim looks for it next, but the capped
                     // webhooks' ended attempts are refilled first, or under a steady stream of
                     // publishes they would only ever get what the general claim finds free.
-                    refill_freed(&ctx, &local, slots.available_permits()).await;
+                    refill_freed(&ctx, &local, slots.available_permits(), true).await;
                 }
                 _ = local.room_freed.notified() => {
                     tokio::time::sleep(ROOM_GATHER).await;
@@ -189,7 +189,7 @@ pub(crate) async fn run(
             continue;
         }
         // A general claim looks at every webhook, those freed since the last look included.
-        local.take_freed();
+        local.take_freed(false);
         capped_since = None;
         let want = free.min(ctx.settings.claim_batch);
         let claimed = match jobs::claim_in(
@@ -251,9 +251,8 @@ pub(crate) async fn run(
             };
             tokio::select! {
                 _ = wake.notified() => {
-                    if capped_since.take().is_some() {
-                        refill_freed(&ctx, &local, slots.available_permits()).await;
-                    }
+                    capped_since = None;
+                    refill_freed(&ctx, &local, slots.available_permits(), true).await;
                 }
                 _ = local.room_freed.notified() => {
                     tokio::time::sleep(ROOM_GATHER).await;
@@ -278,9 +277,10 @@ pub(crate) async fn run(
 /// Refills the room of the webhooks whose attempts ended since the last look, each with one
 /// statement that claims and loads its next due jobs (see `capped_since` in [`run`]). A webhook
 /// whose attempts succeed quickly also gets up to its cap again leased ahead, so each attempt
-/// that ends is followed at once by the next, without waiting for a statement.
-async fn refill_freed(ctx: &Arc<Context>, local: &Arc<Local>, mut free: usize) {
-    let freed = local.take_freed();
+/// that ends is followed at once by the next, without waiting for a statement. With
+/// `at_cap_only`, only the webhooks that had their whole cap in flight here are refilled.
+async fn refill_freed(ctx: &Arc<Context>, local: &Arc<Local>, mut free: usize, at_cap_only: bool) {
+    let freed = local.take_freed(at_cap_only);
     if freed.is_empty() {
         return;
     }
@@ -293,7 +293,7 @@ async fn refill_freed(ctx: &Arc<Context>, local: &Arc<Local>, mut free: usize) {
         .lease
         .saturating_sub(ctx.settings.delivery_timeout)
         / 2;
-    for (org_id, webhook_id, fast) in freed {
+    for (webhook_id, Freed { org_id, fast, .. }) in freed {
         if free == 0 {
             break;
         }
@@ -421,17 +421,24 @@ async fn send_in_room(
         // With every slot taken, the slot goes back to the claim loop, whose turns are fair
         // across organizations; a job ahead is sent only from room no one else is waiting for.
         let may_chain = local.slots.available_permits() > 0;
+        let cap = ctx.settings.endpoint_concurrency;
         let mut next = None;
+        // Chaining keeps the whole cap in flight: the webhook counts as at its cap.
+        let mut at_cap = true;
         let held = room.as_mut().expect("held until the last attempt");
         loop {
-            match held.next_ahead(may_chain) {
+            match held.next_ahead(may_chain, cap) {
                 AheadNext::Send(ahead) if ahead.send_by > Instant::now() => {
                     next = Some(ahead.work);
                     break;
                 }
                 AheadNext::Send(late) => unsendable.push(late),
-                AheadNext::Done { orphaned } => {
+                AheadNext::Done {
+                    orphaned,
+                    at_cap: was,
+                } => {
                     unsendable.extend(orphaned);
+                    at_cap = was;
                     break;
                 }
             }
@@ -441,7 +448,12 @@ async fn send_in_room(
         }
         give_back(&ctx, unsendable).await;
         if !work.sendable.rate_limited {
-            local.freed(org_id, webhook_id, fast);
+            let what = Freed {
+                org_id,
+                fast,
+                at_cap,
+            };
+            local.freed(webhook_id, what);
         }
         // The endpoint has room again now, not only once the record commits; a quiet worker
         // has nothing waiting that it could claim.
@@ -645,7 +657,12 @@ async fn record_loop(
             {
                 Ok(accepted) => {
                     for (org_id, webhook_id, fast) in ctx.ended.recorded(&batch) {
-                        local.freed(org_id, webhook_id, fast);
+                        let what = Freed {
+                            org_id,
+                            fast,
+                            at_cap: false,
+                        };
+                        local.freed(webhook_id, what);
                     }
                     if let Some(at) = batch
                         .iter()
