@@ -115,12 +115,11 @@ pub(crate) async fn run(
         stopped.clone(),
     ));
     let promote_at = Arc::new(PromoteAt::default());
-    let recorded = Arc::new(Notify::new());
     let recorder = tokio::spawn(record_loop(
         ctx.clone(),
         local.clone(),
         inbox,
-        recorded.clone(),
+        wake.clone(),
         promote_at.clone(),
     ));
     let slots = local.slots.clone();
@@ -179,10 +178,6 @@ pub(crate) async fn run(
                     tokio::time::sleep(ROOM_GATHER).await;
                     refill_now = true;
                 }
-                // Committed records free nothing the ended attempts had not already freed,
-                // but may have made the next job of an ordering key claimable: a refill of
-                // their webhooks finds it.
-                _ = recorded.notified() => refill_now = true,
                 _ = tokio::time::sleep_until(capped_until.expect("checked above").into()) => {}
                 _ = stopped.changed() => {}
             }
@@ -258,7 +253,6 @@ pub(crate) async fn run(
                     tokio::time::sleep(ROOM_GATHER).await;
                     refill_now = true;
                 }
-                _ = recorded.notified() => refill_now = true,
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
                 _ = stopped.changed() => {}
             }
@@ -629,12 +623,14 @@ impl PromoteAt {
 }
 
 /// Writes outcomes in batches; each committed batch may have made work claimable (the next job
-/// of an ordering key), so it marks its webhooks for a refill and wakes the claimer.
+/// of an ordering key), so it marks its webhooks for a refill and wakes the claimer: like a
+/// publish's NOTIFY, a refill of the webhooks at their cap here, then a general claim (a refill
+/// of every webhook freed, one statement each, cost a 1,000-way fan-out hundreds of ms).
 async fn record_loop(
     ctx: Arc<Context>,
     local: Arc<Local>,
     mut inbox: mpsc::Receiver<Record>,
-    recorded: Arc<Notify>,
+    wake: Arc<Notify>,
     promote_at: Arc<PromoteAt>,
 ) {
     while let Some(first) = inbox.recv().await {
@@ -674,7 +670,7 @@ async fn record_loop(
                     {
                         promote_at.no_later_than(at);
                     }
-                    recorded.notify_one();
+                    wake.notify_one();
                     if accepted < batch.len() {
                         tracing::warn!(
                             refused = batch.len() - accepted,
