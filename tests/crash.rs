@@ -117,20 +117,10 @@ async fn a_serve_process_killed_with_handed_off_deliveries_loses_nothing() {
         assert_eq!(resp.status(), 202);
     }
     rx.wait_for(8, Duration::from_secs(20)).await;
-    let metrics = app
-        .http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let handed_off: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("hookrelay_deliveries_handed_off_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    let handed_off =
+        hookrelay_tests::metric_at(&app.http, &base, "hookrelay_deliveries_handed_off_total")
+            .await
+            .unwrap_or(0.0);
     assert!(
         handed_off >= 1.0,
         "serve handed deliveries to its worker: {handed_off}"

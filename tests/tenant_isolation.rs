@@ -693,3 +693,91 @@ async fn test_sends_to_a_slow_endpoint_hold_no_room() {
     }
     app.stop().await;
 }
+
+/// `hookrelay_publishes_paced_total` as `/metrics` shows it.
+async fn publishes_paced(app: &TestApp) -> f64 {
+    hookrelay_tests::metric_at(&app.http, &app.url(""), "hookrelay_publishes_paced_total")
+        .await
+        .expect("the counter is exported")
+}
+
+/// `n` publishes of `org`, `concurrency` at a time; every one must be answered 202.
+async fn publish_at(app: &TestApp, org: &Org, concurrency: usize, n: usize) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publishers = (0..concurrency).map(|_| {
+        let next = next.clone();
+        async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let event = json!({"event": "device.online", "data": {"i": i}});
+                let (status, body) = app.publish(&org.token, event).await;
+                assert_eq!(status, 202, "{body}");
+            }
+        }
+    });
+    futures_util::future::join_all(publishers).await;
+}
+
+/// An organization whose deliveries fall behind has its publishes take turns (issue 14's
+/// pacing); another organization publishing as hard at the same moment, whose deliveries keep
+/// up, never waits for a turn. Every publish is answered 202 and committed.
+#[tokio::test]
+async fn pacing_one_organizations_publishes_never_paces_another() {
+    let app = TestApp::spawn_with(&[("HOOKRELAY_ENDPOINT_CONCURRENCY", "4")]).await;
+    // Answers within a second, so its deliveries count, but 4 at a time take 50 ms each: 80/s.
+    let behind = Receiver::start().await;
+    behind.set_default(hookrelay_tests::receiver::Reply::slow(
+        Duration::from_millis(50),
+    ));
+    let keeping_up = Receiver::start().await;
+    let flooding = app.create_org("publishes faster than it delivers").await;
+    let other = app.create_org("keeps up").await;
+    for (org, receiver) in [(&flooding, &behind), (&other, &keeping_up)] {
+        app.create_webhook(
+            org,
+            json!({"url": receiver.url, "events": ["device.online"]}),
+        )
+        .await;
+    }
+    assert_eq!(publishes_paced(&app).await, 0.0);
+
+    // 24 at a time, above the first limit (16): once its deliveries lag, some must wait.
+    let flood = 400;
+    publish_at(&app, &flooding, 24, flood).await;
+    let paced = publishes_paced(&app).await;
+    assert!(paced > 0.0, "the organization behind was paced");
+    let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE org_id = $1")
+        .bind(flooding.id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(committed, flood as i64, "every 202 was committed");
+
+    // Its backlog still drains late (at 80/s), so its limit is at the floor of 8 now; 10 at a
+    // time from the other organization would wait if limits were shared.
+    let lagging: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_deliveries WHERE org_id = $1 AND status <> 'sent'",
+    )
+    .bind(flooding.id)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        lagging > 40,
+        "the flood is still being delivered: {lagging} left"
+    );
+    publish_at(&app, &other, 10, 60).await;
+    assert_eq!(
+        publishes_paced(&app).await,
+        paced,
+        "the organization keeping up never waited for a turn"
+    );
+    assert_eq!(
+        keeping_up.wait_for(60, Duration::from_secs(10)).await.len(),
+        60
+    );
+    app.stop().await;
+}

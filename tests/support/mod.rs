@@ -205,6 +205,21 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// A counter or gauge `/metrics` of the service at `base` shows (`None` when not exported).
+pub async fn metric_at(http: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// The `hookrelay` binary of this build (the Makefile builds it before the tests run).
 pub fn hookrelay_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

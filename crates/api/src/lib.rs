@@ -96,6 +96,9 @@ pub struct ApiState {
     pub http_client: reqwest::Client,
     /// Admits large Hubble bodies a few at a time.
     pub large_ingests: routes::ingest::LargeIngests,
+    /// `serve`: the local worker's judgement of which organizations' deliveries are behind;
+    /// their publishes take turns.
+    pub pace: Option<Arc<hookrelay_queue::pace::Pace>>,
 }
 
 impl ApiState {
@@ -138,6 +141,7 @@ impl ApiState {
             worker,
             http_client,
             large_ingests: Default::default(),
+            pace: None,
         }
     }
 
@@ -150,6 +154,13 @@ impl ApiState {
             self.max_attempts,
             Some(handoff),
         );
+        self
+    }
+
+    /// For a process that also runs delivery workers (`serve`): an organization whose
+    /// deliveries that worker finds behind has its publishes take turns.
+    pub fn paced_by(mut self, pace: Arc<hookrelay_queue::pace::Pace>) -> Self {
+        self.pace = Some(pace);
         self
     }
 }

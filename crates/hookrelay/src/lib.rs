@@ -259,7 +259,9 @@ pub async fn build(
         );
         // `serve`: what this process's worker has room for skips the queue's round trips.
         let state = match &workers {
-            Some(workers) => state.hand_off_to(workers.handoff()),
+            Some(workers) => state
+                .hand_off_to(workers.handoff())
+                .paced_by(workers.pace()),
             None => state,
         };
         let server = hookrelay_api::serve(listener, state)?;

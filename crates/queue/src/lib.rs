@@ -11,6 +11,7 @@ pub mod handoff;
 pub mod jobs;
 pub mod maintenance;
 pub mod metrics;
+pub mod pace;
 pub mod retry;
 pub mod target;
 mod worker;
@@ -153,6 +154,7 @@ impl Worker {
             pool: self.pool,
             settings: self.settings,
             secrets: self.secrets,
+            pace: std::sync::Arc::new(pace::Pace::new(self.metrics.publishes_paced.clone())),
             metrics: self.metrics,
             ended: Default::default(),
         });
@@ -163,11 +165,13 @@ impl Worker {
             local: local.clone(),
             runtime: tokio::runtime::Handle::current(),
         });
+        let pace = context.pace.clone();
         tasks.spawn(worker::run(context, local, inbox, stopped));
         WorkerHandle {
             stop,
             tasks,
             handoff,
+            pace,
         }
     }
 }
@@ -192,6 +196,7 @@ pub async fn attempt_now(
         client: client.clone(),
         worker_id: "api-test".into(),
         ended: Default::default(),
+        pace: std::sync::Arc::new(pace::Pace::new(Default::default())),
     };
     let record = worker::send(&context, work).await;
     jobs::record_isolated(
@@ -208,6 +213,7 @@ pub struct WorkerHandle {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     handoff: std::sync::Arc<handoff::LocalHandoff>,
+    pace: std::sync::Arc<pace::Pace>,
 }
 
 impl WorkerHandle {
@@ -215,6 +221,12 @@ impl WorkerHandle {
     /// at publish and sent as soon as their publish commits.
     pub fn handoff(&self) -> std::sync::Arc<dyn hookrelay_storage::events::Handoff> {
         self.handoff.clone()
+    }
+
+    /// For the publishers of this process: how far behind this worker finds each organization's
+    /// deliveries, and the turns its publishes take while they are behind.
+    pub fn pace(&self) -> std::sync::Arc<pace::Pace> {
+        self.pace.clone()
     }
 
     /// Asks every loop to stop after its current step and waits for them.

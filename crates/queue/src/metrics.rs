@@ -28,6 +28,8 @@ pub struct QueueMetrics {
     pub deliveries_pruned: Counter,
     /// Deliveries leased to this process's worker at publish, never claimed (`serve`).
     pub handed_off: Counter,
+    /// Publishes that waited for their organization's turn while its deliveries were behind.
+    pub publishes_paced: Counter,
 }
 
 impl Default for QueueMetrics {
@@ -42,6 +44,7 @@ impl Default for QueueMetrics {
             leases_rescued: Counter::default(),
             deliveries_pruned: Counter::default(),
             handed_off: Counter::default(),
+            publishes_paced: Counter::default(),
         }
     }
 }
@@ -83,6 +86,11 @@ impl QueueMetrics {
             "deliveries_handed_off",
             "Deliveries leased to this process's worker by the publish that created them (serve)",
             m.handed_off.clone(),
+        );
+        registry.register(
+            "publishes_paced",
+            "Publishes that waited for their organization's turn while its deliveries were behind (serve)",
+            m.publishes_paced.clone(),
         );
         m
     }

@@ -43,6 +43,8 @@ pub(crate) struct Context {
     /// Attempts of this worker that have ended and wait for their records (delivery id →
     /// attempt): still `running` in the table, but no longer taking room at their endpoint.
     pub ended: Ended,
+    /// Judges from first attempts whether an organization's deliveries are behind.
+    pub pace: Arc<crate::pace::Pace>,
 }
 
 /// See [`Context::ended`]; each attempt with whether its webhook is rate limited.
@@ -396,8 +398,12 @@ async fn send_in_room(
             delivery_id = %work.job.delivery_id,
             attempt = work.job.attempt,
         );
+        let lag = crate::pace::since_stored(work.job.delivery_id);
         let record = send(&ctx, &work).instrument(span).await;
         let fast = is_fast(&record);
+        if fast && work.job.attempt == 1 && !work.sendable.rate_limited {
+            ctx.pace.observe(work.job.org_id, lag);
+        }
         ctx.ended.add(
             work.job.delivery_id,
             work.job.attempt,

@@ -194,7 +194,38 @@ pub(crate) async fn validate_events(
     Ok(())
 }
 
-async fn store(state: &ApiState, org_id: Uuid, events: Vec<NewEvent>) -> ApiResult<Vec<Published>> {
+/// Waits for the organization's turn while its deliveries are behind (`serve`; see
+/// `hookrelay_queue::pace`). The database room this request holds is given back meanwhile, so a
+/// paced organization's waiting publishes never hold room other tenants need; a wait longer than
+/// admission's is answered 503 like any overload.
+async fn paced(
+    req: &HttpRequest,
+    state: &ApiState,
+    org_id: Uuid,
+) -> ApiResult<Option<hookrelay_queue::pace::Turn>> {
+    let Some(pace) = &state.pace else {
+        return Ok(None);
+    };
+    match pace.try_turn(org_id) {
+        Ok(turn) => Ok(turn),
+        Err(waiting) => {
+            crate::admission::release(req);
+            let turn = tokio::time::timeout(state.settings.admission_wait, waiting.turn())
+                .await
+                .map_err(|_| ApiError::Overloaded)?;
+            crate::admission::admit(req, &state.admission).await?;
+            Ok(turn)
+        }
+    }
+}
+
+async fn store(
+    state: &ApiState,
+    req: &HttpRequest,
+    org_id: Uuid,
+    events: Vec<NewEvent>,
+) -> ApiResult<Vec<Published>> {
+    let _turn = paced(req, state, org_id).await?;
     // A lone event joins a group commit with its concurrent peers. Otherwise, without
     // idempotency keys the publish is a single atomic statement; with them, the key and the
     // events must commit together.
@@ -268,7 +299,7 @@ pub async fn publish(
         ordering_key: event.ordering_key,
         source_id: None,
     };
-    let mut published = store(&state, caller.org_id(), vec![new]).await?;
+    let mut published = store(&state, &req, caller.org_id(), vec![new]).await?;
     Ok(HttpResponse::Accepted().json(PublishedOut::from(published.remove(0))))
 }
 
@@ -281,6 +312,7 @@ pub async fn publish(
 pub async fn publish_batch(
     caller: Caller,
     state: web::Data<ApiState>,
+    req: HttpRequest,
     body: Json<PublishBatch>,
 ) -> ApiResult<HttpResponse> {
     caller.require("events:write")?;
@@ -305,7 +337,7 @@ pub async fn publish_batch(
             source_id: None,
         })
         .collect();
-    let published = store(&state, caller.org_id(), new).await?;
+    let published = store(&state, &req, caller.org_id(), new).await?;
     Ok(HttpResponse::Accepted().json(PublishedBatch {
         events: published.into_iter().map(Into::into).collect(),
     }))
