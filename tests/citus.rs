@@ -320,8 +320,8 @@ fn delivery_statements() -> Vec<SingleShardStatement> {
         SingleShardStatement {
             name: "record: finished jobs",
             sql: org::FINISH_JOBS,
-            parameter_types: "uuid[], int[], timestamptz[], uuid",
-            example_arguments: "ARRAY[gen_random_uuid()], ARRAY[1], ARRAY[NULL::timestamptz], '$ORG'",
+            parameter_types: "uuid[], int[], uuid",
+            example_arguments: "ARRAY[gen_random_uuid()], ARRAY[1], '$ORG'",
         },
         SingleShardStatement {
             name: "record: retries",

@@ -685,21 +685,31 @@ async fn record_group(
     // worker's claim (the attempt number) is still the job's current one.
     // Each statement only when it has rows to change: on a busy webhook most batches hold no
     // retry, and an UPDATE over nothing still cost about a millisecond (make bench).
-    if k_next.iter().any(Option::is_none) {
+    // Only the finished jobs are sent: a filter such as `next IS NULL` inside the statement
+    // made the planner guess one row (its default selectivity for IS NULL), and against a queue
+    // it had last analyzed empty it then scanned `delivery_jobs` once per finished job: 30 ms
+    // for 255 jobs after a 1,000-way fan-out (auto_explain, make bench).
+    let (finished_ids, finished_attempts): (Vec<Uuid>, Vec<i32>) = k_ids
+        .iter()
+        .zip(&k_attempts)
+        .zip(&k_next)
+        .filter(|(_, next)| next.is_none())
+        .map(|((id, attempt), _)| (*id, *attempt))
+        .unzip();
+    if !finished_ids.is_empty() {
         // An ended head of an ordering key lets the key's next delivery go (same transaction).
         let finish = sqlx::query_as(match org {
             None => {
                 "DELETE FROM delivery_jobs j
-              USING unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(id, attempt, next)
+              USING unnest($1::uuid[], $2::int[]) AS u(id, attempt)
               WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1)
-                AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NULL
+                AND j.attempt = u.attempt AND j.state = 'running'
           RETURNING j.org_id, j.webhook_id, j.ordering_key"
             }
             Some(_) => by_organization::FINISH_JOBS,
         })
-        .bind(&k_ids)
-        .bind(&k_attempts)
-        .bind(&k_next);
+        .bind(&finished_ids)
+        .bind(&finished_attempts);
         let finish = match org {
             Some(org) => finish.bind(org),
             None => finish,

@@ -143,11 +143,11 @@ pub const RECORD_DELIVERIES: &str = "UPDATE webhook_deliveries d
                 AS u(id, attempt, status, code, body, error, next, encoding, delivered)
           WHERE d.org_id = $10 AND d.id = u.id AND d.id = ANY($1)";
 
-/// The record's removal of finished jobs, within organization `$4`.
+/// The record's removal of finished jobs (only those, so the planner counts them right), within organization `$3`.
 pub const FINISH_JOBS: &str = "DELETE FROM delivery_jobs j
-          USING unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS u(id, attempt, next)
-          WHERE j.org_id = $4 AND j.delivery_id = u.id AND j.delivery_id = ANY($1)
-            AND j.attempt = u.attempt AND j.state = 'running' AND u.next IS NULL
+          USING unnest($1::uuid[], $2::int[]) AS u(id, attempt)
+          WHERE j.org_id = $3 AND j.delivery_id = u.id AND j.delivery_id = ANY($1)
+            AND j.attempt = u.attempt AND j.state = 'running'
       RETURNING j.org_id, j.webhook_id, j.ordering_key";
 
 /// The record's rescheduling of retries, within organization `$5`.
