@@ -539,7 +539,7 @@ async fn idle_retries_of_other_tenants_are_not_scanned_by_claims() {
     assert_eq!(
         (claim, refill, trim),
         (vec![], vec![], vec![]),
-        "tables read whole by the claim's, the trim's and the refill's generic plans"
+        "tables read whole by the claim's, the refill's and the trim's generic plans"
     );
     assert_eq!(
         visited, 1,

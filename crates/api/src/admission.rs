@@ -42,6 +42,12 @@ impl Admission {
             shed,
         }
     }
+
+    /// Counts a request refused as overloaded by another wait than admission's (a publish
+    /// whose organization's turn did not come), so the shed counter tells every 503.
+    pub fn shed(&self) {
+        self.shed.inc();
+    }
 }
 
 /// Paths that must answer however loaded the service is: probes, metrics, the docs and the

@@ -333,9 +333,11 @@ macro_rules! refill_statement {
     "
            FROM claimed c
            -- The organization as a constant on every table (not only through `c`): Citus routes
-           -- the statement to one shard only when each distributed table names it.
+           -- the statement to one shard only when each distributed table names it. The webhook
+           -- as a constant too: joined through `c`, a generic plan guessing many claimed rows
+           -- may hash-join a scan of every tenant's webhooks.
            JOIN webhook_deliveries d ON d.org_id = $1 AND d.id = c.delivery_id
-           JOIN webhooks w ON w.org_id = $1 AND w.id = c.webhook_id"
+           JOIN webhooks w ON w.org_id = $1 AND w.id = $2"
     ) };
 }
 use refill_statement;

@@ -212,7 +212,10 @@ async fn paced(
             crate::admission::release(req);
             let turn = tokio::time::timeout(state.settings.admission_wait, waiting.turn())
                 .await
-                .map_err(|_| ApiError::Overloaded)?;
+                .map_err(|_| {
+                    state.admission.shed();
+                    ApiError::Overloaded
+                })?;
             crate::admission::admit(req, &state.admission).await?;
             Ok(turn)
         }
