@@ -120,7 +120,7 @@ pub async fn admit(req: &HttpRequest, admission: &Admission) -> Result<(), ApiEr
         }
     };
     let Some(permit) = permit else {
-        admission.shed.inc();
+        admission.shed();
         return Err(ApiError::Overloaded);
     };
     req.extensions_mut().insert(Admitted { _room: permit });
