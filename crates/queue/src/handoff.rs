@@ -100,6 +100,11 @@ impl Local {
         entry.at_cap |= what.at_cap;
     }
 
+    /// How many webhooks were freed since the last [`Local::take_freed`].
+    pub fn freed_len(&self) -> usize {
+        self.freed.lock().expect("not poisoned").len()
+    }
+
     /// The webhooks freed since the last call (only those that were at their cap, if
     /// `at_cap_only`), as (webhook, what).
     pub fn take_freed(&self, at_cap_only: bool) -> Vec<(Uuid, Freed)> {

@@ -84,7 +84,10 @@ pub const CLAIM: &str = "WITH RECURSIVE hooks AS (
                                    $1)) AS room
                -- A lookup per webhook with due work (LIMIT keeps it one): joined, the planner
                -- hashed a sequential scan of every tenant's webhooks into each claim.
-               FROM due d CROSS JOIN LATERAL (
+               -- In turn order, so that `chosen`'s LIMIT stops the lookups once it has enough:
+               -- computed for every due webhook before sorting, they were most of a claim's
+               -- cost across 1,000 webhooks with due work (make bench, fan-out).
+               FROM (SELECT * FROM due ORDER BY turn, first_due) d CROSS JOIN LATERAL (
                     SELECT rate_limit_per_second AS rate FROM webhooks
                      WHERE org_id = d.org_id AND id = d.webhook_id LIMIT 1) w),
          chosen AS (
@@ -1025,7 +1028,7 @@ async fn update_health(
 pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), QueueError> {
     Ok(sqlx::query_as(
         "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(scheduled_at))::float8, 0)
-           FROM delivery_jobs WHERE state = 'available' AND scheduled_at <= now()",
+           FROM delivery_jobs WHERE state = 'available' AND attempt >= 0 AND scheduled_at <= now()",
     )
     .fetch_one(pool)
     .await?)
@@ -1057,9 +1060,9 @@ pub async fn promote_due(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), 
 
 /// When the next available job falls due, if any (scheduled ones: see [`promote_due`]).
 pub async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, QueueError> {
-    Ok(
-        sqlx::query_scalar("SELECT min(scheduled_at) FROM delivery_jobs WHERE state = 'available'")
-            .fetch_one(pool)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT min(scheduled_at) FROM delivery_jobs WHERE state = 'available' AND attempt >= 0",
     )
+    .fetch_one(pool)
+    .await?)
 }

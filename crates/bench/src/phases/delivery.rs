@@ -130,8 +130,10 @@ async fn claim_record_loop(b: &Bench, seconds: f64) -> anyhow::Result<(f64, bool
 
 async fn claim_and_record(pool: &sqlx::PgPool) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
+    // `attempt >= 0` names the predicate of `delivery_jobs_due`, the queue-wide due index this
+    // plain queue reads (see its migration).
     let ids: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
-        "WITH due AS (SELECT delivery_id FROM delivery_jobs WHERE state = 'available'
+        "WITH due AS (SELECT delivery_id FROM delivery_jobs WHERE state = 'available' AND attempt >= 0
                        ORDER BY scheduled_at LIMIT 50 FOR UPDATE SKIP LOCKED)
          UPDATE delivery_jobs j SET state = 'running', attempt = attempt + 1,
                 lease_expires_at = now() + interval '60 s'

@@ -23,7 +23,7 @@ use crate::QueueError;
 /// Organizations with due available work, longest waiting first: a read of every shard (no
 /// lock), its cost growing with the due backlog (the `delivery_jobs_due` index range).
 pub const ORGANIZATIONS_WITH_DUE_WORK: &str = "SELECT org_id FROM delivery_jobs
-          WHERE state = 'available' AND scheduled_at <= now()
+          WHERE state = 'available' AND attempt >= 0 AND scheduled_at <= now()
           GROUP BY org_id ORDER BY min(scheduled_at)";
 
 /// `$1`'s webhooks with due available work, longest waiting first: the one-PostgreSQL claim's
