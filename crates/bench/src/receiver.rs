@@ -9,11 +9,13 @@ use std::time::Instant;
 use uuid::Uuid;
 
 /// What arrived for one event id: one request per webhook it fanned out to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Arrivals {
     pub count: u64,
     pub first: Instant,
     pub last: Instant,
+    /// Every arrival in order, so a fan-out can tell a slow whole from a long tail.
+    pub each: Vec<Instant>,
 }
 
 #[derive(Default)]
@@ -29,7 +31,7 @@ impl Receiver {
     }
 
     pub fn arrivals(&self, event_id: Uuid) -> Option<Arrivals> {
-        self.events.lock().unwrap().get(&event_id).copied()
+        self.events.lock().unwrap().get(&event_id).cloned()
     }
 
     /// When each event id first arrived.
@@ -58,11 +60,13 @@ impl Receiver {
                 .and_modify(|a| {
                     a.count += 1;
                     a.last = now;
+                    a.each.push(now);
                 })
                 .or_insert(Arrivals {
                     count: 1,
                     first: now,
                     last: now,
+                    each: vec![now],
                 });
         }
     }

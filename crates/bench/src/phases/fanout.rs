@@ -37,6 +37,9 @@ async fn fan_out(b: &mut Bench, n: u64, key: &'static str, goal_ms: f64) -> anyh
     let mut times_ms = Vec::new();
     let mut publish_ms = Vec::new();
     let mut incomplete = 0;
+    // When the 10th, 25th, … 100th percent of the deliveries arrived, per repeat: a long tail
+    // and a slow whole call for different fixes.
+    let mut spread_ms = Vec::new();
     for i in 0..REPEATS {
         let t0 = Instant::now();
         let body = json!({"event": "device.online", "data": sample_data(i as u64)});
@@ -55,7 +58,21 @@ async fn fan_out(b: &mut Bench, n: u64, key: &'static str, goal_ms: f64) -> anyh
             }
         };
         match arrived {
-            Some(a) => times_ms.push(a.last.duration_since(t0).as_secs_f64() * 1000.0),
+            Some(a) => {
+                times_ms.push(a.last.duration_since(t0).as_secs_f64() * 1000.0);
+                let at = |share: f64| {
+                    let i = ((a.each.len() as f64 * share).ceil() as usize).clamp(1, a.each.len());
+                    a.each[i - 1].duration_since(t0).as_secs_f64() * 1000.0
+                };
+                let spread = json!({
+                    "first": at(0.0), "p10": at(0.1), "p25": at(0.25), "p50": at(0.5),
+                    "p75": at(0.75), "p90": at(0.9), "p99": at(0.99), "last": at(1.0),
+                });
+                eprintln!(
+                    "bench: fan-out to {n}: arrivals (ms after the publish request) {spread}"
+                );
+                spread_ms.push(spread);
+            }
             None => incomplete += 1,
         }
         // The next event starts on an empty queue, with the recorder caught up.
@@ -120,6 +137,7 @@ async fn fan_out(b: &mut Bench, n: u64, key: &'static str, goal_ms: f64) -> anyh
             "times_ms": times_ms,
             "median_ms": value,
             "publish_request_ms": publish_ms,
+            "arrivals_ms": spread_ms,
             "incomplete": incomplete,
             "ceiling_times_ms": ceiling_ms,
             "ceiling_median_ms": ceiling,
