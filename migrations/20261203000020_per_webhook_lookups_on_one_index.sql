@@ -7,8 +7,8 @@
 --   the range until it met its webhook, 21 ms of a 37 ms claim across 1,000 webhooks (auto_explain,
 --   make bench fan-out);
 -- - `delivery_jobs_webhook` (`org_id, webhook_id, state`): each refill read and sorted the
---   webhook's whole backlog, so one webhook drained 50,000 jobs at ~170 a second
---   (tests/overload.rs on a queue not yet analyzed).
+--   webhook's whole backlog (the generic plan, seen with auto_explain while tests/overload.rs
+--   drained 50,000 jobs from one webhook on a queue not yet analyzed).
 -- `delivery_jobs_due` now serves only the statements that say `attempt >= 0` (always true, a
 -- CHECK, but the planner proves a partial index's predicate from the statement's own words):
 -- `next_due`, `backlog` and Citus's organizations with due work. `delivery_jobs_webhook` keeps
