@@ -8,14 +8,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use uuid::Uuid;
 
-/// What arrived for one event id: one request per webhook it fanned out to.
+/// What arrived for one event id: one request per webhook it fanned out to, each when it
+/// arrived, in order (so a fan-out can tell a slow whole from a long tail).
 #[derive(Debug, Clone)]
 pub struct Arrivals {
-    pub count: u64,
-    pub first: Instant,
-    pub last: Instant,
-    /// Every arrival in order, so a fan-out can tell a slow whole from a long tail.
     pub each: Vec<Instant>,
+}
+
+impl Arrivals {
+    pub fn count(&self) -> u64 {
+        self.each.len() as u64
+    }
+
+    pub fn first(&self) -> Instant {
+        self.each[0]
+    }
+
+    pub fn last(&self) -> Instant {
+        self.each[self.each.len() - 1]
+    }
 }
 
 #[derive(Default)]
@@ -37,7 +48,7 @@ impl Receiver {
     /// When each event id first arrived.
     pub fn first_arrivals(&self) -> HashMap<Uuid, Instant> {
         let events = self.events.lock().unwrap();
-        events.iter().map(|(id, a)| (*id, a.first)).collect()
+        events.iter().map(|(id, a)| (*id, a.first())).collect()
     }
 
     /// Forgets per-event arrivals (the total count keeps running).
@@ -57,17 +68,9 @@ impl Receiver {
                 .lock()
                 .unwrap()
                 .entry(e.id)
-                .and_modify(|a| {
-                    a.count += 1;
-                    a.last = now;
-                    a.each.push(now);
-                })
-                .or_insert(Arrivals {
-                    count: 1,
-                    first: now,
-                    last: now,
-                    each: vec![now],
-                });
+                .or_insert_with(|| Arrivals { each: Vec::new() })
+                .each
+                .push(now);
         }
     }
 }

@@ -52,14 +52,14 @@ async fn fan_out(b: &mut Bench, n: u64, key: &'static str, goal_ms: f64) -> anyh
         let deadline = t0 + Duration::from_secs(60);
         let arrived = loop {
             match b.rx.arrivals(id) {
-                Some(a) if a.count >= n => break Some(a),
+                Some(a) if a.count() >= n => break Some(a),
                 _ if Instant::now() > deadline => break None,
                 _ => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         };
         match arrived {
             Some(a) => {
-                times_ms.push(a.last.duration_since(t0).as_secs_f64() * 1000.0);
+                times_ms.push(a.last().duration_since(t0).as_secs_f64() * 1000.0);
                 let at = |share: f64| {
                     let i = ((a.each.len() as f64 * share).ceil() as usize).clamp(1, a.each.len());
                     a.each[i - 1].duration_since(t0).as_secs_f64() * 1000.0
