@@ -476,6 +476,19 @@ pub struct HealthPolicy {
     pub max_attempts: i32,
 }
 
+/// Deletes the finished jobs `$1` whose current attempt is still `$2` (same positions) and that
+/// are still `running`, returning what ordering needs. No join with `unnest()`: on a queue last
+/// analyzed nearly empty the planner joined each job to the whole array, a nested loop
+/// quadratic in the batch (255 jobs: 65,000 rows compared, 16–22 ms, auto_explain in make
+/// bench; 500: 31 ms against 1.3 ms). Each job finds its attempt by its place in `$1` instead,
+/// and `IS TRUE` keeps the state test out of any index condition, which had the planner walk
+/// every running job in `delivery_jobs_webhook` instead of probing `delivery_jobs_delivery`.
+pub const FINISH: &str = "DELETE FROM delivery_jobs j
+      WHERE j.delivery_id = ANY($1)
+        AND j.attempt = ($2::int[])[array_position($1::uuid[], j.delivery_id)]
+        AND (j.state = 'running') IS TRUE
+  RETURNING j.org_id, j.webhook_id, j.ordering_key";
+
 /// Writes a batch of records in one transaction. Every join against `unnest()` of a bound array
 /// also says `id = ANY($1)`: a prepared statement's generic plan cannot see the array's length,
 /// and without that predicate PostgreSQL chose whole-table hash joins (measured: 60–90 ms per
@@ -704,13 +717,7 @@ async fn record_group(
     if !finished_ids.is_empty() {
         // An ended head of an ordering key lets the key's next delivery go (same transaction).
         let finish = sqlx::query_as(match org {
-            None => {
-                "DELETE FROM delivery_jobs j
-              USING unnest($1::uuid[], $2::int[]) AS u(id, attempt)
-              WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1)
-                AND j.attempt = u.attempt AND j.state = 'running'
-          RETURNING j.org_id, j.webhook_id, j.ordering_key"
-            }
+            None => FINISH,
             Some(_) => by_organization::FINISH_JOBS,
         })
         .bind(&finished_ids)

@@ -143,11 +143,11 @@ pub const RECORD_DELIVERIES: &str = "UPDATE webhook_deliveries d
                 AS u(id, attempt, status, code, body, error, next, encoding, delivered)
           WHERE d.org_id = $10 AND d.id = u.id AND d.id = ANY($1)";
 
-/// The record's removal of finished jobs (only those, so the planner counts them right), within organization `$3`.
+/// [`super::FINISH`] within organization `$3`, so that Citus routes it to one shard.
 pub const FINISH_JOBS: &str = "DELETE FROM delivery_jobs j
-          USING unnest($1::uuid[], $2::int[]) AS u(id, attempt)
-          WHERE j.org_id = $3 AND j.delivery_id = u.id AND j.delivery_id = ANY($1)
-            AND j.attempt = u.attempt AND j.state = 'running'
+          WHERE j.org_id = $3 AND j.delivery_id = ANY($1)
+            AND j.attempt = ($2::int[])[array_position($1::uuid[], j.delivery_id)]
+            AND (j.state = 'running') IS TRUE
       RETURNING j.org_id, j.webhook_id, j.ordering_key";
 
 /// The record's rescheduling of retries, within organization `$5`.
