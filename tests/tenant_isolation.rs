@@ -581,53 +581,15 @@ async fn removing_finished_jobs_costs_in_proportion_to_the_batch() {
     let id_of = |hook: &Value| uuid::Uuid::parse_str(hook["id"].as_str().unwrap()).unwrap();
     const BATCH: i64 = 500;
     // Another tenant's attempts in flight: a plan that walks the running jobs reads them all.
-    const OTHERS: i32 = 20_000;
+    const OTHERS: i64 = 20_000;
     // This worker's claims are current on 400 of them; 100 moved on to attempt 2 elsewhere.
     const CURRENT: i64 = 400;
     for stats in QUEUE_STATISTICS {
         analyze_queue_if(&app, stats).await;
         // Inside a transaction no worker sees.
         let mut tx = app.db.pool.begin().await.unwrap();
-        sqlx::query(
-            "WITH d AS (
-                INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, payload)
-                SELECT gen_random_uuid(), $1, $2, 'device.online', '{}'::jsonb
-                  FROM generate_series(1, $3)
-                RETURNING id, org_id, webhook_id)
-             INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, max_attempts, state,
-                                        attempt, lease_expires_at, claimed_by)
-             SELECT id, org_id, webhook_id, 6, 'running', 1, now() + interval '1 minute', 'other'
-               FROM d",
-        )
-        .bind(busy.id)
-        .bind(id_of(&busy_hook))
-        .bind(OTHERS)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-        let ids: String = sqlx::query_scalar(
-            "WITH d AS (
-                INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, payload)
-                SELECT gen_random_uuid(), org_id, id, 'device.online', '{}'::jsonb
-                  FROM webhooks, generate_series(1, $3) WHERE org_id = $1 AND id = $2
-                RETURNING id, org_id, webhook_id),
-             j AS (
-                INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, max_attempts, state,
-                                           attempt, lease_expires_at, claimed_by)
-                SELECT id, org_id, webhook_id, 6, 'running',
-                       CASE WHEN row_number() OVER (ORDER BY id) <= $4 THEN 1 ELSE 2 END,
-                       now() + interval '1 minute', 'explain'
-                  FROM d
-                RETURNING delivery_id)
-             SELECT array_agg(delivery_id)::text FROM j",
-        )
-        .bind(org.id)
-        .bind(id_of(&hook))
-        .bind(BATCH as i32)
-        .bind(CURRENT)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+        running_jobs(&mut tx, busy.id, id_of(&busy_hook), OTHERS, OTHERS).await;
+        let ids = running_jobs(&mut tx, org.id, id_of(&hook), BATCH, CURRENT).await;
         let attempts = format!("{{{}}}", vec!["1"; BATCH as usize].join(","));
         // The plan a worker's prepared statement keeps. (Its first few, custom, plans read the
         // whole queue once on such statistics, as they did before: linear, not quadratic.)
@@ -661,6 +623,40 @@ async fn removing_finished_jobs_costs_in_proportion_to_the_batch() {
         tx.rollback().await.unwrap();
     }
     app.stop().await;
+}
+
+/// `count` running jobs of `webhook_id` (with their deliveries), the first `at_attempt_1` of them
+/// at attempt 1 and the rest at attempt 2; returns their ids as a PostgreSQL array literal.
+async fn running_jobs(
+    tx: &mut sqlx::PgConnection,
+    org_id: uuid::Uuid,
+    webhook_id: uuid::Uuid,
+    count: i64,
+    at_attempt_1: i64,
+) -> String {
+    sqlx::query_scalar(
+        "WITH d AS (
+            INSERT INTO webhook_deliveries (id, org_id, webhook_id, event, payload)
+            SELECT gen_random_uuid(), $1, $2, 'device.online', '{}'::jsonb
+              FROM generate_series(1, $3)
+            RETURNING id, org_id, webhook_id),
+         j AS (
+            INSERT INTO delivery_jobs (delivery_id, org_id, webhook_id, max_attempts, state,
+                                       attempt, lease_expires_at, claimed_by)
+            SELECT id, org_id, webhook_id, 6, 'running',
+                   CASE WHEN row_number() OVER (ORDER BY id) <= $4 THEN 1 ELSE 2 END,
+                   now() + interval '1 minute', 'explain'
+              FROM d
+            RETURNING delivery_id)
+         SELECT array_agg(delivery_id)::text FROM j",
+    )
+    .bind(org_id)
+    .bind(webhook_id)
+    .bind(count)
+    .bind(at_attempt_1)
+    .fetch_one(tx)
+    .await
+    .unwrap()
 }
 
 /// Cost depends on due work only: a thousand webhooks of other tenants, each holding a retry
